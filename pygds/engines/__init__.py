@@ -1,0 +1,1 @@
+"""I/O engines behind pygds.File: posix, cufile, hipfile."""

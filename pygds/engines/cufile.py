@@ -1,0 +1,62 @@
+"""The cuFile engine: one registered cuFile handle per file, reads and writes through libcufile.
+
+Views inside a `RegisteredBuffer` are passed as (registered base, offset) so cuFile uses the
+registration; any other memory (unregistered device memory, host memory) is passed as is and
+cuFile stages it itself.
+"""
+from __future__ import annotations
+
+import ctypes
+
+from .. import _cufile_abi as abi
+from .._lib import cufile
+from ..driver import Driver, registry
+from ..errors import check_status, decode_io_result
+from ..memory import BufferView
+from .base import EngineHandle
+
+
+class CuFileHandle(EngineHandle):
+    """A file descriptor registered with `cuFileHandleRegister`; holds a driver reference."""
+
+    engine = "cufile"
+
+    def __init__(self, fd: int, path: str = "") -> None:
+        self.path = path
+        self._driver = Driver()
+        self._lib = cufile()
+        self.handle = abi.CUfileHandle_t()
+        descr = abi.CUfileDescr_t()
+        descr.type = abi.CU_FILE_HANDLE_TYPE_OPAQUE_FD
+        descr.handle.fd = fd
+        try:
+            check_status(f"cuFileHandleRegister({path})",
+                         self._lib.cuFileHandleRegister(ctypes.byref(self.handle), ctypes.byref(descr)))
+        except BaseException:
+            self._driver.close()
+            raise
+        self._read = self._lib.cuFileRead
+        self._write = self._lib.cuFileWrite
+
+    def _base(self, view: BufferView, size: int, buf_offset: int) -> tuple[int, int]:
+        ptr = view.ptr + buf_offset
+        base = registry.find(ptr, size)
+        if base is None:
+            return ptr, 0
+        return base, ptr - base
+
+    def read(self, view: BufferView, size: int, file_offset: int, buf_offset: int) -> int:
+        base, offset = self._base(view, size, buf_offset)
+        ret = self._read(self.handle, base, size, file_offset, offset)
+        return decode_io_result("cuFileRead", ret, ctypes.get_errno(), path=self.path)
+
+    def write(self, view: BufferView, size: int, file_offset: int, buf_offset: int) -> int:
+        base, offset = self._base(view, size, buf_offset)
+        ret = self._write(self.handle, base, size, file_offset, offset)
+        return decode_io_result("cuFileWrite", ret, ctypes.get_errno(), path=self.path)
+
+    def close(self) -> None:
+        if self.handle:
+            self._lib.cuFileHandleDeregister(self.handle)
+            self.handle = abi.CUfileHandle_t()
+            self._driver.close()

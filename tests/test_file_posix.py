@@ -1,0 +1,235 @@
+"""pygds.File on the POSIX engine with host buffers: round trips, O_DIRECT, splitting, short reads, bad input."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pygds
+from pygds import pool
+
+
+@pytest.fixture(autouse=True)
+def _posix(monkeypatch):
+    monkeypatch.setenv("PYGDS_ENGINE", "posix")
+
+
+def rand(n: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed + n).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+SIZES = [0, 1, 7, 4095, 4096, 4097, 65536 + 3, (4 << 20) + 5, (9 << 20) + 4096]
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "O_DIRECT"])
+@pytest.mark.parametrize("size", SIZES)
+def test_round_trip_any_size(tmp_path, size, direct):
+    data = rand(size)
+    path = tmp_path / "f.bin"
+    with pygds.File(path, "w", direct=direct) as f:
+        assert f.engine == "posix"
+        assert f.write(bytearray(data)) == size
+    assert path.read_bytes() == data
+    out = bytearray(size)
+    with pygds.File(path, "r", direct=direct) as f:
+        assert f.read(out) == size
+    assert bytes(out) == data
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "O_DIRECT"])
+@pytest.mark.parametrize("file_offset,buf_offset,size", [
+    (1, 3, 5000), (4095, 1, 4098), (12288, 0, 8192), (777, 4096, 3 * 4096 + 11), (5, 5, (4 << 20) + 9999)])
+def test_unaligned_offsets(tmp_path, direct, file_offset, buf_offset, size):
+    path = tmp_path / "u.bin"
+    base = rand(file_offset + size + 100, seed=1)
+    path.write_bytes(base)
+    src = bytearray(rand(buf_offset + size, seed=2))
+    with pygds.File(path, "r+", direct=direct) as f:
+        assert f.write(src, size, file_offset, buf_offset) == size
+    expect = base[:file_offset] + bytes(src[buf_offset:buf_offset + size]) + base[file_offset + size:]
+    assert path.read_bytes() == expect
+    out = bytearray(buf_offset + size)
+    with pygds.File(path, "r", direct=direct) as f:
+        assert f.read(out, size, file_offset, buf_offset) == size
+    assert out[buf_offset:] == src[buf_offset:buf_offset + size]
+    assert out[:buf_offset] == bytearray(buf_offset)
+
+
+def test_buffer_kinds(tmp_path):
+    data = rand(10_000)
+    path = tmp_path / "k.bin"
+    path.write_bytes(data)
+    with pygds.File(path) as f:
+        t = torch.empty(10_000, dtype=torch.uint8)
+        assert f.read(t) == 10_000 and t.numpy().tobytes() == data
+        a = np.empty(2500, dtype=np.float32)
+        assert f.read(a) == 10_000 and a.tobytes() == data
+        mv = memoryview(bytearray(20_000))[5000:15000]
+        assert f.read(mv) == 10_000 and bytes(mv) == data
+        raw = bytearray(10_000)
+        view = pygds.as_buffer(raw)
+        assert f.read(pygds.Pointer(view.ptr, 10_000, kind="host")) == 10_000 and bytes(raw) == data
+    with pygds.File(path, "w") as f:
+        assert f.write(bytes(data)) == 10_000  # read-only bytes are fine to write from
+    assert path.read_bytes() == data
+
+
+def test_short_read_at_end_of_file_is_reported(tmp_path):
+    path = tmp_path / "short.bin"
+    path.write_bytes(rand(1000))
+    out = bytearray(4096)
+    with pygds.File(path) as f:
+        assert f.read(out) == 1000
+        assert f.read(out, 100, file_offset=950) == 50
+        assert f.read(out, 100, file_offset=5000) == 0
+        assert f.pread(out).result() == 1000
+
+
+def test_large_request_is_split_over_threads(tmp_path, monkeypatch):
+    size = 20 << 20
+    data = rand(size)
+    path = tmp_path / "big.bin"
+    pool.set_task_size(1 << 20)
+    try:
+        with pygds.File(path, "w") as f:
+            fut = f.pwrite(bytearray(data))
+            assert fut.result() == size
+        out = bytearray(size)
+        with pygds.File(path) as f:
+            futs = [f.pread(out, size // 2, 0, 0), f.pread(out, size // 2, size // 2, size // 2)]
+            assert sum(x.result() for x in futs) == size
+    finally:
+        pool.set_task_size(4 << 20)
+    assert bytes(out) == data
+
+
+def test_nested_requests_from_pool_threads_do_not_deadlock(tmp_path):
+    path = tmp_path / "n.bin"
+    path.write_bytes(rand(64 << 20))
+    out = bytearray(64 << 20)
+    with pygds.File(path) as f:
+        futs = [pool.submit(f.read, memoryview(out)[i << 23:(i + 1) << 23], 8 << 20, i << 23)
+                for i in range(8)]
+        assert sum(x.result(timeout=60) for x in futs) == 64 << 20
+    assert out == path.read_bytes()
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pygds.File(tmp_path / "nope" / "f.bin", "w")
+
+
+def test_missing_file_read_mode(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mode 'w' or 'x'"):
+        pygds.File(tmp_path / "f.bin", "r")
+
+
+def test_write_to_read_only_file(tmp_path):
+    path = tmp_path / "ro.bin"
+    path.write_bytes(b"x" * 10)
+    with pygds.File(path, "r") as f:
+        with pytest.raises(pygds.IOFailedError, match="read-only"):
+            f.write(b"abc")
+    assert path.read_bytes() == b"x" * 10
+
+
+_DROP_CAPS = """
+import ctypes
+class Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+libc = ctypes.CDLL(None, use_errno=True)
+hdr, data = Header(0x20080522, 0), (Data * 2)()
+assert libc.capget(ctypes.byref(hdr), data) == 0
+data[0].effective = data[1].effective = 0
+assert libc.capset(ctypes.byref(hdr), data) == 0
+"""
+
+
+def test_permission_denied(tmp_path):
+    """Creating a file in a read-only directory fails clearly (root's override capabilities dropped first)."""
+    import subprocess
+    import sys
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    script = _DROP_CAPS + ("import pygds, sys\n"
+                           "try:\n    pygds.File(sys.argv[1] + '/new.bin', 'w', engine='posix')\n"
+                           "except PermissionError as e:\n    print('DENIED', e)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(locked)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.stdout.startswith("DENIED"), out.stdout + out.stderr
+    assert "permission denied" in out.stdout and "new.bin" in out.stdout
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"file_offset": -1}, "file_offset"),
+    ({"buf_offset": -5}, "buf_offset"),
+    ({"size": -1}, "size"),
+    ({"size": 200}, "holds 100 bytes"),
+    ({"size": 50, "buf_offset": 60}, "holds 100 bytes"),
+    ({"file_offset": (1 << 63) - 10, "size": 50}, "overflows"),
+    ({"file_offset": 1.5}, "file_offset"),
+])
+def test_bad_arguments(tmp_path, kwargs, match):
+    with pygds.File(tmp_path / "a.bin", "w") as f:
+        with pytest.raises(pygds.InvalidArgumentError, match=match):
+            f.write(bytearray(100), **kwargs)
+    assert (tmp_path / "a.bin").stat().st_size == 0
+
+
+def test_read_into_read_only_buffer(tmp_path):
+    path = tmp_path / "r.bin"
+    path.write_bytes(b"abc")
+    with pygds.File(path) as f, pytest.raises(pygds.InvalidArgumentError):
+        f.read(b"xyz")
+
+
+def test_non_contiguous_tensor(tmp_path):
+    t = torch.zeros(8, 8, dtype=torch.uint8).t()
+    with pygds.File(tmp_path / "t.bin", "w") as f, pytest.raises(pygds.UnsupportedBufferError, match="contiguous"):
+        f.write(t)
+
+
+def test_unsupported_buffer(tmp_path):
+    with pygds.File(tmp_path / "t.bin", "w") as f, pytest.raises(pygds.UnsupportedBufferError):
+        f.write([1, 2, 3])
+
+
+def test_closed_file(tmp_path):
+    f = pygds.File(tmp_path / "c.bin", "w")
+    f.close()
+    f.close()
+    with pytest.raises(pygds.FileClosedError, match="closed"):
+        f.write(b"abc")
+    with pytest.raises(pygds.FileClosedError):
+        f.size()
+
+
+def test_unknown_mode_and_engine(tmp_path):
+    with pytest.raises(pygds.InvalidArgumentError, match="mode"):
+        pygds.File(tmp_path / "m.bin", "rw")
+    with pytest.raises(pygds.InvalidArgumentError, match="engine"):
+        pygds.File(tmp_path / "m.bin", "w", engine="magic")
+
+
+def test_disk_full_write_is_reported_not_hidden(tmp_path):
+    """A write that hits the file-size limit raises with the cause; nothing claims success."""
+    import subprocess
+    import sys
+    script = (
+        "import resource, signal, pygds, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+        "f = pygds.File(sys.argv[1], 'w', engine='posix')\n"
+        "try:\n    f.write(bytearray(4 << 20))\nexcept OSError as e:\n    print('ERR', e.errno, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "full.bin")], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.stdout.startswith("ERR 27"), out.stdout + out.stderr  # EFBIG
+    assert "ulimit" in out.stdout and "full.bin" in out.stdout
