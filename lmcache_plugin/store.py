@@ -223,7 +223,6 @@ class KVStore:
         self._bad: dict[str, tuple[str, int, int, int]] = {}
         self._warned_refusals: set[str] = set()
         self._closed = False
-        self._driver = self._hold_driver()
         self._pool = (
             ThreadPoolExecutor(options.io_threads, thread_name_prefix="kvstore-io")
             if options.io_threads > 0
@@ -262,21 +261,6 @@ class KVStore:
     def capacity_bytes(self) -> int | None:
         """The effective bound on the write path, or None."""
         return self._capacity
-
-    def _hold_driver(self) -> Any:
-        """Keep the cuFile driver open for the store's life: a `pygds.File` on cuFile holds a
-        driver reference only while open, and opening the driver costs a large fraction of a
-        second. With "auto" a driver that fails to open is left to `pygds.File`'s fallback."""
-        if self.options.engine not in ("cufile", "auto"):
-            return None
-        if self.options.engine == "auto" and pygds.choose_engine("auto").name != "cufile":
-            return None
-        try:
-            return pygds.Driver()
-        except pygds.PygdsError:
-            if self.options.engine == "cufile":
-                raise
-            return None
 
     def _compute_capacity(self) -> int | None:
         bounds = []
@@ -931,8 +915,6 @@ class KVStore:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self._scanner.stop()
-        if self._driver is not None:
-            self._driver.close()
 
     def __enter__(self) -> KVStore:
         return self

@@ -7,6 +7,7 @@ base and an offset for any view inside one, which is what makes reads and writes
 """
 from __future__ import annotations
 
+import atexit
 import bisect
 import ctypes
 import logging
@@ -197,6 +198,36 @@ class Driver:
                 except Exception as exc:  # noqa: BLE001 - report, not fail, unreadable ones
                     out[member.name] = f"unavailable: {exc}"
         return out
+
+
+_shared: Driver | None = None
+
+
+def shared() -> Driver:
+    """The driver reference that files hold: opened on first use, closed at interpreter exit.
+
+    Opening cuFile's driver costs a few hundred milliseconds, so files do not open and close it
+    one by one (as KvikIO does); an explicit `Driver()` still counts as its own reference.
+    """
+    global _shared
+    with _lock:
+        if _shared is None or _shared.closed:
+            _shared = Driver()
+            atexit.register(_shared.close)
+        return _shared
+
+
+def close_shared() -> None:
+    """Drop the files' shared reference now (it reopens on the next cuFile file).
+
+    Call it only when no cuFile `File` is open, e.g. before handing the process's cuFile state to
+    raw `libcufile` calls or before a fork.
+    """
+    global _shared
+    with _lock:
+        if _shared is not None:
+            _shared.close()
+            _shared = None
 
 
 def _param(name: str) -> tuple[str, int]:

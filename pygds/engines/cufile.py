@@ -10,31 +10,27 @@ import ctypes
 
 from .. import _cufile_abi as abi
 from .._lib import cufile
-from ..driver import Driver, registry
+from ..driver import registry, shared
 from ..errors import check_status, decode_io_result
 from ..memory import BufferView
 from .base import EngineHandle
 
 
 class CuFileHandle(EngineHandle):
-    """A file descriptor registered with `cuFileHandleRegister`; holds a driver reference."""
+    """A file descriptor registered with `cuFileHandleRegister` (the shared driver kept open)."""
 
     engine = "cufile"
 
     def __init__(self, fd: int, path: str = "") -> None:
         self.path = path
-        self._driver = Driver()
+        shared()
         self._lib = cufile()
         self.handle = abi.CUfileHandle_t()
         descr = abi.CUfileDescr_t()
         descr.type = abi.CU_FILE_HANDLE_TYPE_OPAQUE_FD
         descr.handle.fd = fd
-        try:
-            check_status(f"cuFileHandleRegister({path})",
-                         self._lib.cuFileHandleRegister(ctypes.byref(self.handle), ctypes.byref(descr)))
-        except BaseException:
-            self._driver.close()
-            raise
+        check_status(f"cuFileHandleRegister({path})",
+                     self._lib.cuFileHandleRegister(ctypes.byref(self.handle), ctypes.byref(descr)))
         self._read = self._lib.cuFileRead
         self._write = self._lib.cuFileWrite
 
@@ -59,4 +55,3 @@ class CuFileHandle(EngineHandle):
         if self.handle:
             self._lib.cuFileHandleDeregister(self.handle)
             self.handle = abi.CUfileHandle_t()
-            self._driver.close()

@@ -16,6 +16,7 @@ import pytest
 
 from pygds import _cufile_abi as abi
 from pygds._lib import CuFileLib, cufile
+from pygds.driver import close_shared
 from pygds.errors import CuFileError, IOFailedError, check_status, decode_batch_event, decode_io_result
 
 MiB = 1 << 20
@@ -23,6 +24,7 @@ MiB = 1 << 20
 
 @pytest.fixture()
 def lib() -> CuFileLib:
+    close_shared()  # the reference pygds's files share, from earlier tests in this process
     lib = cufile()
     assert lib.cuFileUseCount() == 0, "a previous test left the cuFile driver open"
     return lib
