@@ -1,0 +1,209 @@
+"""`pygds demo`: the README's main job — a KV-chunk round trip through the LMCache plugin's store.
+
+It stores `--chunks` KV chunks shaped like LMCache's for Llama-3.1-8B (bf16, [2, 32 layers,
+tokens, 8 heads x 128]; 32 MiB for 256 tokens) in a cache directory through
+`lmcache_plugin.store.KVStore`, reads them back, checks every byte, and says which engine ran,
+why, and the write and read throughput. It picks the engine as the plugin does: GPU memory and
+cuFile where a CUDA GPU and a GDS-capable path are there, host memory and POSIX otherwise.
+Needs neither torch nor a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import random
+import shutil
+import tempfile
+import time
+from concurrent.futures import Future, wait
+from typing import Any
+
+from lmcache_plugin.config import ConfigError, PluginSettings, plan_engine
+from lmcache_plugin.format import EntryHeader
+from lmcache_plugin.store import KVStore, StoreOptions
+
+from .. import fsinfo, guard, memory
+from ..file import File
+from . import CommandError, UsageError
+from .output import human_bytes, positive_int_arg, print_json, say
+from .progress import Progress
+
+MODEL = "meta-llama/Llama-3.1-8B"
+LAYERS, KV_HEADS, HEAD_DIM, BF16_BYTES = 32, 8, 128, 2
+FMT_KV_2LTD = 1  # LMCache MemoryFormat.KV_2LTD: [2, layers, tokens, hidden]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "demo", help="round-trip KV chunks through the LMCache plugin store and show engine and throughput",
+        description="Store KV chunks shaped like LMCache's for Llama-3.1-8B through the lmcache_plugin KV store, "
+                    "read them back, verify every byte, and report the engine that ran (and why) and the "
+                    "write/read throughput. GPU memory and cuFile where present, host memory and POSIX otherwise.",
+        epilog="Exit status: 0 verified, 1 a chunk failed to store or came back different, 2 bad arguments.")
+    p.add_argument("--dir", metavar="D", help="cache directory (default: a temporary one, removed afterwards)")
+    p.add_argument("--chunks", type=positive_int_arg, default=8, metavar="N", help="number of KV chunks (default 8)")
+    p.add_argument("--tokens", type=positive_int_arg, default=256, metavar="N",
+                   help="tokens per chunk (default 256: 32 MiB per chunk; 128 KiB per token)")
+    p.add_argument("--engine", choices=guard.ENGINES, default="auto", help="engine to ask for (default auto)")
+    p.add_argument("--keep", action="store_true", help="leave the entries in --dir afterwards")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="force the progress bar on or off (default: on when stderr is a terminal)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.set_defaults(func=run, parser=p)
+    return p
+
+
+def chunk_shape(tokens: int) -> tuple[int, int, int, int]:
+    """LMCache's KV_2LTD chunk shape for Llama-3.1-8B: [K/V, layers, tokens, kv_heads * head_dim]."""
+    return (2, LAYERS, tokens, KV_HEADS * HEAD_DIM)
+
+
+def _plan(directory: str, engine: str, device_memory: bool) -> tuple[str, str, str]:
+    """(engine the store gets, data suffix, why), decided by the plugin's own rule."""
+    settings = PluginSettings(paths=(directory,), engine=engine, engine_explicit=engine != "auto",
+                              sources={"engine": "--engine"})
+    fs = fsinfo.fs_type(directory)
+    try:
+        plan = plan_engine(settings, {directory: fs}, device_memory)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    return plan.engine, plan.data_suffix, f"{plan.reason} ({directory} is {fs})"
+
+
+def _engine_used(directory: str, planned: str, plan_reason: str) -> tuple[str, str]:
+    """Open a scratch file as the store will: the engine pygds really uses there, and why."""
+    if planned == "posix":
+        return "posix", plan_reason
+    probe = os.path.join(directory, f".pygds-demo-probe-{os.getpid()}")
+    try:
+        with File(probe, "w", engine=planned) as f:
+            used = f.engine
+    finally:
+        if os.path.exists(probe):
+            os.unlink(probe)
+    choice = guard.choose_engine(planned)
+    reason = f"{plan_reason}; pygds: {choice.reason}"
+    if used != choice.name:
+        reason += f"; opening a file there fell back to {used} (see the warning above)"
+    return used, reason
+
+
+class _Chunks:
+    """Source and destination buffers: device memory with a CUDA GPU, else host memory."""
+
+    def __init__(self, count: int, nbytes: int, device: bool) -> None:
+        self.device = device
+        self.expected = [random.Random(i).randbytes(nbytes) for i in range(count)]
+        if device:
+            self.src: list[Any] = []
+            self.dst: list[Any] = []
+            for data in self.expected:
+                buf = memory.DeviceBuffer(nbytes)
+                buf.copy_from_host(data)
+                self.src.append(buf)
+                self.dst.append(memory.DeviceBuffer(nbytes))
+        else:
+            self.src = list(self.expected)
+            self.dst = [bytearray(nbytes) for _ in range(count)]
+
+    def read_back(self, i: int) -> bytes:
+        if not self.device:
+            return bytes(self.dst[i])
+        host = bytearray(len(self.expected[i]))
+        self.dst[i].copy_to_host(host)
+        return bytes(host)
+
+    def close(self) -> None:
+        if self.device:
+            for buf in self.src + self.dst:
+                buf.close()
+
+
+def _wait_all(futures: list[Future], progress: Progress, nbytes: int) -> list[bool]:
+    for fut in futures:
+        fut.add_done_callback(lambda _f: progress.update(nbytes))
+    wait(futures)
+    return [bool(f.result()) for f in futures]
+
+
+def _round_trip(directory: str, args: argparse.Namespace) -> dict[str, Any]:
+    shape = chunk_shape(args.tokens)
+    header = EntryHeader.single(shape, "BF16", FMT_KV_2LTD)
+    nbytes = header.nbytes
+    device = memory.cuda_available()
+    planned, suffix, plan_reason = _plan(directory, args.engine, device)
+    if not device:
+        plan_reason += f"; no usable CUDA GPU: {guard.check_cuda_driver().reason}"
+    if args.engine != "auto" and planned != args.engine:
+        plan_reason = f"--engine {args.engine} overridden as the plugin would: {plan_reason}"
+    engine, engine_reason = _engine_used(directory, planned, plan_reason)
+    hashes = [random.Random(1000 + i).getrandbits(62) for i in range(args.chunks)]
+    keys = [f"{MODEL}@1@0@{h:x}@bfloat16" for h in hashes]
+    chunks = _Chunks(args.chunks, nbytes, device)
+    try:
+        with KVStore(StoreOptions(paths=[directory], engine=engine, data_suffix=suffix, scan=False)) as store:
+            for key, h in zip(keys, hashes):
+                store.remove(key, h)  # left by an earlier --keep run
+            with Progress(2 * nbytes * args.chunks, "demo write", flag=args.progress) as progress:
+                t0 = time.perf_counter()
+                stored = _wait_all([store.submit_put(k, h, src, header)
+                                    for k, h, src in zip(keys, hashes, chunks.src)], progress, nbytes)
+                write_s = time.perf_counter() - t0
+                if not all(stored):
+                    raise CommandError(f"{stored.count(False)} of {args.chunks} chunks could not be stored in "
+                                       f"{directory} (the log above names the cause)")
+                progress.set_label("demo read")
+                t0 = time.perf_counter()
+                loaded = _wait_all([store.submit_get_into(k, h, dst)
+                                    for k, h, dst in zip(keys, hashes, chunks.dst)], progress, nbytes)
+                read_s = time.perf_counter() - t0
+            verified = sum(ok and chunks.read_back(i) == chunks.expected[i] for i, ok in enumerate(loaded))
+            stats = store.stats().as_dict()
+            if not args.keep:
+                for key, h in zip(keys, hashes):
+                    store.remove(key, h)
+    finally:
+        chunks.close()
+    total = nbytes * args.chunks
+    return {
+        "directory": directory, "fs_type": fsinfo.fs_type(directory), "chunks": args.chunks,
+        "chunk_shape": list(shape), "dtype": "BF16", "chunk_bytes": nbytes, "memory": "gpu" if device else "host",
+        "engine": {"requested": args.engine, "used": engine, "reason": engine_reason},
+        "write": {"bytes": total, "seconds": write_s, "gib_per_s": total / max(write_s, 1e-9) / (1 << 30)},
+        "read": {"bytes": total, "seconds": read_s, "gib_per_s": total / max(read_s, 1e-9) / (1 << 30)},
+        "verified": verified, "ok": verified == args.chunks, "store_stats": stats,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.keep and not args.dir:
+        raise UsageError("--keep needs --dir: the default directory is temporary and removed afterwards")
+    if args.dir and os.path.exists(args.dir) and not os.path.isdir(args.dir):
+        raise UsageError(f"--dir {args.dir} exists and is not a directory")
+    if args.engine == "hipfile" and importlib.util.find_spec("pygds.engines.hipfile") is None:
+        raise CommandError("this pygds has no hipFile engine yet; use --engine auto, cufile or posix")
+    temporary = args.dir is None
+    directory = tempfile.mkdtemp(prefix="pygds-demo-") if temporary else os.path.abspath(args.dir)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        report = _round_trip(directory, args)
+    finally:
+        if temporary:
+            shutil.rmtree(directory, ignore_errors=True)
+    if args.json:
+        print_json(report)
+    else:
+        eng = report["engine"]
+        say(f"pygds demo: {report['chunks']} KV chunks of {human_bytes(report['chunk_bytes'])} "
+            f"({MODEL}, {args.tokens} tokens, bf16 {'x'.join(map(str, report['chunk_shape']))}) in {directory} "
+            f"({report['fs_type']}{', removed afterwards' if temporary else ''})")
+        say(f"engine: {eng['used']} with {report['memory']} memory -- {eng['reason']}")
+        for phase in ("write", "read"):
+            r = report[phase]
+            say(f"{phase:<5}  {human_bytes(r['bytes'])} in {r['seconds']:.3f} s = {r['gib_per_s']:.2f} GiB/s")
+        say(f"verified {report['verified']}/{report['chunks']} chunks byte-exact" +
+            ("" if report["ok"] else " -- MISMATCH"))
+        say("(through the page cache, as a serving cache mostly runs; `pygds bench --drop-caches` measures the "
+            "device)")
+    return 0 if report["ok"] else 1

@@ -1,0 +1,140 @@
+"""`pygds info` (and the command's entry point): real libcufile, real mount table, real files."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pygds import fsinfo
+from pygds.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_PROC_MODULES = not os.path.exists("/proc/modules")
+
+
+def run_json(capsys, *argv: str) -> dict:
+    rc = main(list(argv))
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    return json.loads(out)
+
+
+def test_info_json_reports_library_checks_paths_and_engine(capsys, tmp_path):
+    new = tmp_path / "not" / "yet"
+    report = run_json(capsys, "info", "--json", str(tmp_path), str(new))
+    lib = report["libcufile"]
+    assert lib["found"] and os.path.basename(lib["path"]).startswith("libcufile.so") and lib["version"] >= 1000
+    assert set(report["checks"]) == {"proc_modules", "cuda_driver", "nvidia_fs", "run_udev"}
+    paths = {p["path"]: p for p in report["paths"]}
+    here = paths[str(tmp_path)]
+    assert here["exists"] and here["fs_type"] == fsinfo.fs_type(tmp_path) and here["free_bytes"] > 0
+    assert paths[str(new)]["exists"] is False and paths[str(new)]["probed_at"] == str(tmp_path)
+    assert any(p["topic"] == f"path {new}" and "does not exist" in p["problem"] for p in report["problems"])
+    assert report["auto_engine"]["name"] in ("cufile", "hipfile", "posix") and report["auto_engine"]["reason"]
+    assert all(p["fix"] for p in report["problems"])
+    assert not new.parent.exists()
+
+
+@pytest.mark.skipif(not NO_PROC_MODULES, reason="/proc/modules exists here; the hang hazard is absent")
+def test_info_explains_the_hang_hazard_and_does_not_open_the_driver(capsys, tmp_path):
+    report = run_json(capsys, "info", "--json", str(tmp_path))
+    assert report["checks"]["proc_modules"]["ok"] is False
+    assert report["driver"]["opened"] is False and "guard" in report["driver"]["skipped"]
+    assert report["mode"].startswith("unavailable")
+    hang = [p for p in report["problems"] if p["topic"] == "/proc/modules"]
+    assert hang and "spin forever" in hang[0]["problem"] and "POSIX" in hang[0]["fix"]
+    assert report["auto_engine"]["name"] == "posix"
+
+
+@pytest.mark.skipif(os.path.isdir("/run/udev/data"), reason="/run/udev/data exists here")
+def test_info_diagnoses_missing_run_udev_for_block_device_paths(capsys, tmp_path):
+    report = run_json(capsys, "info", "--json", str(tmp_path))
+    assert report["checks"]["run_udev"]["ok"] is False and "5027" in report["checks"]["run_udev"]["reason"]
+    facts = fsinfo.probe_path(tmp_path)
+    udev = [p for p in report["problems"] if "/run/udev" in p["problem"] or "/run/udev" in p["fix"]]
+    assert udev and all("/run/udev:ro" in p["fix"] for p in udev)
+    if facts.block_device and facts.gds_supported:
+        assert any(p["topic"] == f"path {tmp_path}" and f"b{facts.device}" in p["problem"] for p in udev)
+
+
+@pytest.mark.skipif(fsinfo.fs_type("/dev/shm") != "tmpfs", reason="/dev/shm is not a tmpfs here")
+def test_info_flags_tmpfs_as_not_gds(capsys):
+    report = run_json(capsys, "info", "--json", "/dev/shm")
+    shm = report["paths"][0]
+    assert shm["fs_type"] == "tmpfs" and shm["gds_supported"] is False
+    assert any(p["topic"] == "path /dev/shm" and "tmpfs" in p["problem"] for p in report["problems"])
+
+
+def test_info_reads_gds_paths_from_an_lmcache_config(capsys, tmp_path):
+    config = tmp_path / "lmcache.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        chunk_size: 256
+        gds_path: " {tmp_path}/a , {tmp_path}/b ,"
+        """))
+    report = run_json(capsys, "info", "--json", "--config", str(config))
+    assert [p["path"] for p in report["paths"]] == [f"{tmp_path}/a", f"{tmp_path}/b"]
+    # the file does not register the plugin: check_config's finding comes through, with its fix
+    assert any(p["topic"] == f"config {config}" and "storage_plugins" in p["problem"] for p in report["problems"])
+
+
+def test_info_human_output_lists_problems_with_fixes(capsys, tmp_path):
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "libcufile" in out and "engine 'auto' chooses" in out and str(tmp_path) in out
+    assert ("fix: " in out) or ("no problems found" in out)
+
+
+@pytest.mark.parametrize("argv", [["info", "--config", "/nonexistent.yaml"], ["info", "--bogus"],
+                                  ["nope"], []])
+def test_bad_arguments_exit_2_with_usage(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "error:" in err
+
+
+def test_version_and_help_exit_0(capsys):
+    assert main(["--version"]) == 0
+    assert "pygds" in capsys.readouterr().out
+    assert main(["info", "--help"]) == 0
+    assert "Exit status" in capsys.readouterr().out
+
+
+def test_python_dash_m_pygds_runs_info_json(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pygds", "info", "--json", str(tmp_path)],
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)  # stdout holds the JSON and nothing else
+    assert report["paths"][0]["path"] == str(tmp_path)
+
+
+def test_info_opens_the_driver_on_the_standin(standin, tmp_path):
+    """With a CUDA driver and /proc/modules (the stand-in), info opens cuFile and reads it out."""
+    done = subprocess.run([sys.executable, "-m", "pygds", "info", "--json", str(tmp_path)], env=standin.env(),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["checks"]["proc_modules"]["ok"] and report["checks"]["cuda_driver"]["ok"]
+    driver = report["driver"]
+    assert driver["opened"], driver
+    assert driver["properties"]["max_batch_io_size"] > 0 and "control_flags" in driver["properties"]
+    assert driver["parameters"]["CUFILE_PARAM_PROPERTIES_IO_BATCHSIZE"] > 0
+    assert report["mode"].startswith("compatibility")  # no nvidia-fs under the stand-in
+    assert report["auto_engine"]["name"] == "cufile"
+    assert not (tmp_path / "cufile.log").exists()
+
+
+def test_the_installed_pygds_script(tmp_path):
+    script = shutil.which("pygds", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("the pygds script is not installed next to this Python (pip install . installs it)")
+    done = subprocess.run([script, "info", "--no-driver", "--json", str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["paths"][0]["path"] == str(tmp_path) and report["driver"]["opened"] is False
