@@ -41,6 +41,7 @@ from .store import EntryInfo, KVStore, StoreOptions
 log = logging.getLogger(__name__)
 
 _ALIGN = 4096  # cuFile and O_DIRECT want page-aligned buffers
+_STATS_INTERVAL_S = 10.0  # how often counters are published for `pygds cache stats`
 
 
 class _LockedTensorAllocator(TensorMemoryAllocator):
@@ -195,7 +196,8 @@ class GdsPluginBackend(AllocatorBackendInterface):
         self._store = KVStore(StoreOptions(
             paths=s.paths, device_id=self.device_id, engine=engine, io_threads=s.io_threads,
             direct_io=s.direct_io, data_suffix=self.plan.data_suffix, tmp_max_age_s=s.tmp_max_age_s,
-            capacity_bytes=s.capacity_bytes, capacity_fraction=s.capacity_fraction))
+            capacity_bytes=s.capacity_bytes, capacity_fraction=s.capacity_fraction,
+            stats_interval_s=_STATS_INTERVAL_S))
         log.info("gds plugin %r started: device %s (affinity %d) writes to %s of %d path(s); engine %s "
                  "(%s); %d MiB %s buffer%s", s.plugin_name, self.dst_device, self.device_id,
                  self._store.write_path, len(s.paths), engine, self.plan.reason,

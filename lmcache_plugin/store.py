@@ -28,10 +28,13 @@ the write path, count from when this store first sees them.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
+import socket
 import stat as stat_mod
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import asdict, dataclass
@@ -54,6 +57,8 @@ from .layout import (
 logger = logging.getLogger(__name__)
 
 ENGINES = ("auto", "posix", "cufile", "hipfile")
+STATS_DIR = ".pygds-stats"
+"""Directory in each write path where stores publish their counters (ignored by every scan)."""
 BOUNDED_KEY_FIELD = "key"
 """`__metadata__` field holding the full key text of an entry stored under a bounded name."""
 
@@ -88,6 +93,8 @@ class StoreOptions:
         When both are set the smaller bound applies.
     fsync: fsync data and metadata before publishing them.
     scan: run the start-up scan of all paths in a background thread.
+    stats_interval_s: publish the counters to `<write path>/.pygds-stats/<host>-<pid>.json`
+        this often (and at close) for `pygds cache stats`; 0 (the default) disables publishing.
     """
 
     paths: str | Sequence[str]
@@ -101,6 +108,7 @@ class StoreOptions:
     capacity_fraction: float | None = None
     fsync: bool = False
     scan: bool = True
+    stats_interval_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -238,6 +246,11 @@ class KVStore:
             self._scanner.start()
         else:
             self._scanner.skip()
+        self._stats_stop = threading.Event()
+        self._publisher: threading.Thread | None = None
+        if options.stats_interval_s > 0:
+            self._publisher = threading.Thread(target=self._publish_loop, name="kvstore-stats", daemon=True)
+            self._publisher.start()
         logger.info(
             "KV store: %d path(s), writing to %s, engine %s, capacity %s",
             len(self.layout.paths),
@@ -899,6 +912,30 @@ class KVStore:
             scan_errors=scan.errors,
         )
 
+    @property
+    def stats_file(self) -> str:
+        """Where this store publishes its counters."""
+        return os.path.join(self.layout.write_path, STATS_DIR, f"{socket.gethostname()}-{os.getpid()}.json")
+
+    def publish_stats(self) -> None:
+        """Write the counters (with host, pid and time) atomically to `stats_file`."""
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "updated": time.time(),
+                  "write_path": self.layout.write_path, "paths": list(self.layout.paths),
+                  **self.stats().as_dict()}
+        final = self.stats_file
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        tmp = tmp_path(final)
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+        os.replace(tmp, final)
+
+    def _publish_loop(self) -> None:
+        while not self._stats_stop.wait(self.options.stats_interval_s):
+            try:
+                self.publish_stats()
+            except OSError as exc:
+                logger.debug("could not publish KV store counters: %s", exc)
+
     def wait_for_scan(self, timeout: float | None = None) -> bool:
         """Wait for the start-up scan; True when it has finished."""
         return self._scanner.wait(timeout)
@@ -915,6 +952,13 @@ class KVStore:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self._scanner.stop()
+        self._stats_stop.set()
+        if self._publisher is not None:
+            self._publisher.join()
+            try:
+                self.publish_stats()
+            except OSError as exc:
+                logger.warning("could not publish the KV store's final counters to %s: %s", self.stats_file, exc)
 
     def __enter__(self) -> KVStore:
         return self

@@ -317,3 +317,27 @@ def test_an_entry_republished_after_the_scan_is_not_removed(tmp_path):
     assert _remove_entry(entry) is False and path.exists() and Path(str(path) + ".metadata").exists()
     [entry] = scan([str(base)]).entries
     assert _remove_entry(entry) is True and not path.exists() and not Path(str(path) + ".metadata").exists()
+
+
+def test_stats_shows_the_counters_stores_published(tmp_path, capsys):
+    """Counters of a store (hits, misses, bytes) are readable through `pygds cache stats`."""
+    import json as _json
+
+    from lmcache_plugin.format import EntryHeader
+    from lmcache_plugin.store import KVStore, StoreOptions
+    from pygds.cli.main import main
+
+    cache = tmp_path / "cache"
+    with KVStore(StoreOptions(paths=[str(cache)], engine="posix", stats_interval_s=0.05)) as store:
+        data = bytearray(range(256)) * 16
+        assert store.put("m@1@0@12345@bf16", 12345, data, EntryHeader.single((4096,), "U8", 1))
+        out = bytearray(len(data))
+        assert store.get_into("m@1@0@12345@bf16", 12345, out) and out == data
+        assert not store.get_into("m@1@0@999@bf16", 999, out)
+    assert main(["cache", "stats", "--path", str(cache), "--json"]) == 0
+    report = _json.loads(capsys.readouterr().out)
+    assert report["entries"] == 1 and report["unknown_files"] == 0
+    [counters] = report["counters"]
+    assert counters["hits"] == 1 and counters["misses"] == 1
+    assert counters["bytes_written"] == len(data) and counters["bytes_read"] == len(data)
+    assert main(["cache", "verify", "--path", str(cache)]) == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import os
 import time
 import urllib.parse
@@ -32,7 +33,7 @@ from lmcache_plugin.layout import (
     key_from_stem,
     tmp_path,
 )
-from lmcache_plugin.store import BOUNDED_KEY_FIELD
+from lmcache_plugin.store import BOUNDED_KEY_FIELD, STATS_DIR
 
 from . import CommandError, UsageError
 from .output import count, duration_arg, human_age, human_bytes, print_json, say, size_arg, table
@@ -200,7 +201,7 @@ def _walk(base: str, errors: list[str]) -> Iterator[tuple[os.DirEntry, int]]:
         for item in items:
             try:
                 if item.is_dir(follow_symlinks=False):
-                    if depth < _FAN_OUT_DEPTH:
+                    if depth < _FAN_OUT_DEPTH and item.name != STATS_DIR:
                         stack.append((item.path, depth + 1))
                 elif item.is_file(follow_symlinks=False):
                     yield item, depth
@@ -375,6 +376,30 @@ def _remove_entry(entry: Entry) -> bool:
 # actions
 
 
+def read_counters(paths: list[str]) -> list[dict]:
+    """The counters running (or finished) stores published under each path's STATS_DIR."""
+    records = []
+    for base in paths:
+        folder = os.path.join(base, STATS_DIR)
+        try:
+            names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
+        except OSError:
+            continue
+        for name in names:
+            try:
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    record = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+_COUNTER_COLUMNS = ("hits", "misses", "bytes_read", "bytes_written", "put_errors", "read_errors",
+                    "evictions", "scan_entries", "scan_seconds")
+
+
 def run_stats(args: argparse.Namespace) -> int:
     result = scan(_paths(args))
     per_path: dict[str, dict[str, int]] = {p: {"entries": 0, "bytes": 0} for p in result.paths}
@@ -399,6 +424,7 @@ def run_stats(args: argparse.Namespace) -> int:
         "orphaned_metadata": len(result.orphans),
         "unknown_files": len(result.unknown),
         "errors": result.errors,
+        "counters": read_counters(result.paths),
     }
     if args.json:
         print_json(report)
@@ -413,6 +439,11 @@ def run_stats(args: argparse.Namespace) -> int:
     say()
     say(f"temporary files: {tmp['count']} ({human_bytes(tmp['bytes'])}), {tmp['stale']} older than 1h; "
         f"orphaned .metadata: {report['orphaned_metadata']}; unknown files: {report['unknown_files']}")
+    if report["counters"]:
+        say()
+        say(table(((f"{c.get('host')}:{c.get('pid')}", *(c.get(k) for k in _COUNTER_COLUMNS),
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.get("updated", 0))))
+                   for c in report["counters"]), ("store", *_COUNTER_COLUMNS, "updated")))
     for p in result.missing:
         say(f"note: {p} does not exist")
     for err in result.errors:
