@@ -19,7 +19,6 @@ host memory for a CPU one), so reads and writes are zero-copy into it.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import os
 import re
@@ -182,7 +181,7 @@ class GdsPluginBackend(AllocatorBackendInterface):
             log.warning("dst_device=%s but torch has no CUDA here: the gds plugin keeps its buffer in "
                         "host memory and uses POSIX I/O (path affinity still follows device %d)",
                         self.dst_device, self.device_id)
-        self._check_hipfile()
+        self._check_hipfile(want_cuda)
         self._buffer = buffer if buffer is not None else self._allocate_buffer(want_cuda)
         kind = self._memory_kind(self._buffer)
         self.plan: EnginePlan = plan_engine(s, _fs_types(s.paths), device_memory=kind in ("device", "managed"))
@@ -217,25 +216,36 @@ class GdsPluginBackend(AllocatorBackendInterface):
 
         return pygds.as_buffer(pygds.Pointer(buffer.data_ptr(), buffer.numel() * buffer.element_size())).kind
 
-    def _check_hipfile(self) -> None:
-        if self.settings.engine == "hipfile" and importlib.util.find_spec("pygds.engines.hipfile") is None:
+    def _check_hipfile(self, want_gpu: bool) -> None:
+        """A GPU destination that asks for hipFile needs a usable hipFile (a CPU one never uses it)."""
+        if self.settings.engine != "hipfile" or not want_gpu:
+            return
+        from pygds.engines import hipfile
+
+        check = hipfile.usable()
+        if not check.ok:
             raise ConfigError("engine", "hipfile", f"AMD hipFile was asked for ({self.settings.sources.get('engine')}) "
-                              "but this pygds has no hipFile binding yet",
-                              "use cuFile (remove use_hipfile / gds_backend: hipfile) or engine: posix")
+                              f"but it is not usable here: {check.reason}",
+                              check.fix or "use cuFile (remove use_hipfile / gds_backend: hipfile) or engine: posix")
 
     def _prepare_engine(self, engine: str) -> str:
-        """Register the buffer for cuFile; fall back to POSIX where `auto` allows it."""
-        if engine not in ("cufile", "auto"):
+        """Register the buffer with cuFile or hipFile; fall back to POSIX where `auto` allows it."""
+        if engine not in ("cufile", "hipfile", "auto"):
             return engine
         import pygds
 
         try:
-            self._registered = pygds.RegisteredBuffer(self._buffer)
+            if engine == "hipfile":
+                from pygds.engines.hipfile import HipFileRegisteredBuffer
+
+                self._registered = HipFileRegisteredBuffer(self._buffer)
+            else:
+                self._registered = pygds.RegisteredBuffer(self._buffer)
         except pygds.PygdsError as exc:
-            if engine == "cufile":
-                raise RuntimeError(f"cuFile was asked for ({self.settings.sources.get('engine')}) but the "
+            if engine != "auto":
+                raise RuntimeError(f"{engine} was asked for ({self.settings.sources.get('engine')}) but the "
                                    f"buffer cannot be registered: {exc}. Fix: set engine: posix (or "
-                                   "use_cufile: false), or repair the GDS installation (gdscheck -p)") from exc
+                                   "use_cufile: false), or repair the GDS installation (pygds info)") from exc
             log.warning("cuFile is not usable (%s); the gds plugin uses POSIX I/O on GPU memory", exc)
             return "posix"
         return engine

@@ -1,11 +1,12 @@
-"""Finding and loading libcufile (and, through the same generic finder, other native libraries).
+"""Finding and loading libcufile and libhipfile (and, through the same generic finder, the HIP runtime).
 
 `find_library(spec)` walks an explicit path from an environment variable, the NVIDIA wheels in the
 current environment, `<home>/lib*` folders named by environment variables, globbed install
 folders, and finally the dynamic loader; it takes its inputs as arguments so tests can point it
 anywhere. `cufile()` returns the process-wide `CuFileLib`, whose attributes resolve cuFile symbols
-lazily with the prototypes of `_cufile_abi`. Loading never calls `cuFileDriverOpen` (which can hang
-where `/proc/modules` is unreadable); only `cuFileGetVersion`, which needs no driver.
+lazily with the prototypes of `_cufile_abi`; `hipfile()` does the same for `HipFileLib` and
+`_hipfile_abi`. Loading never opens a driver (cuFileDriverOpen can hang where `/proc/modules` is
+unreadable); it calls only cuFileGetVersion / hipFileGetVersion, which need none.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from . import _cufile_abi as abi
+from . import _hipfile_abi as hip_abi
 from .errors import LibraryNotFoundError, NotSupportedError
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,36 @@ CUFILE_SPEC = LibrarySpec(
     install_hint="install it with pip install 'pygds[cuda13]' (or 'pygds[cuda12]' on CUDA 12), or set "
                  "PYGDS_CUFILE_LIB=/path/to/libcufile.so.0",
     symbol="cuFileGetVersion",
+)
+
+# ROCm installs under /opt/rocm (usually a link to /opt/rocm-<version>); ROCm >= 7.11 may put the
+# libraries under /opt/rocm/core-<version>/lib instead.
+_ROCM_HOME_VARS = ("ROCM_PATH", "ROCM_HOME", "HIP_PATH")
+_ROCM_GLOBS = ("/opt/rocm", "/opt/rocm-*", "/opt/rocm*/core-*")
+
+HIPFILE_SPEC = LibrarySpec(
+    name="libhipfile",
+    env_var="PYGDS_HIPFILE_LIB",
+    sonames=("libhipfile.so.0", "libhipfile.so"),  # the soversion is hipFile's major version
+    wheel_subdirs=(),
+    home_vars=_ROCM_HOME_VARS,
+    home_subdirs=("lib", "lib64"),
+    glob_patterns=_ROCM_GLOBS,
+    install_hint="install hipFile (it ships with ROCm >= 7.2; on Ubuntu the hipfile package, see AMD's "
+                 "hipFile install guide), or set PYGDS_HIPFILE_LIB=/path/to/libhipfile.so.0",
+    symbol="hipFileGetVersion",
+)
+
+HIP_RUNTIME_SPEC = LibrarySpec(
+    name="libamdhip64",
+    env_var="PYGDS_AMDHIP_LIB",
+    sonames=("libamdhip64.so.7", "libamdhip64.so.6", "libamdhip64.so"),
+    wheel_subdirs=(),
+    home_vars=_ROCM_HOME_VARS,
+    home_subdirs=("lib", "lib64"),
+    glob_patterns=_ROCM_GLOBS,
+    install_hint="install ROCm (the HIP runtime, libamdhip64), or set PYGDS_AMDHIP_LIB=/path/to/libamdhip64.so",
+    symbol="hipInit",
 )
 
 
@@ -96,8 +128,9 @@ def _version_key(path: str) -> tuple[int, ...]:
 
 
 def _candidate_dirs(spec: LibrarySpec, environ: Mapping[str, str],
-                    site_dirs: Sequence[str]) -> list[tuple[str, str]]:
-    """(source, folder) pairs to search after the explicit path, in order."""
+                    site_dirs: Sequence[str]) -> list[tuple[str, str | None]]:
+    """(source, folder) pairs to search after the explicit path, in order; folder None for a glob
+    pattern that matches nothing (so the error can say it was tried)."""
     dirs = [("wheel", os.path.join(site_dir, sub)) for site_dir in site_dirs for sub in spec.wheel_subdirs]
     for var in spec.home_vars:
         home = environ.get(var)
@@ -105,6 +138,8 @@ def _candidate_dirs(spec: LibrarySpec, environ: Mapping[str, str],
             dirs += [(var, os.path.join(home, sub)) for sub in spec.home_subdirs]
     for pattern in spec.glob_patterns:
         roots = sorted(glob.glob(pattern), key=_version_key, reverse=True)
+        if not roots:
+            dirs.append((pattern, None))
         dirs += [(pattern, os.path.join(root, sub)) for root in roots for sub in spec.home_subdirs]
     return dirs
 
@@ -166,6 +201,9 @@ def find_library(spec: LibrarySpec = CUFILE_SPEC, *, environ: Mapping[str, str] 
 
     searched = [f"{spec.env_var}: not set"]
     for source, folder in _candidate_dirs(spec, environ, site_dirs):
+        if folder is None:
+            searched.append(f"{source}: no such folder")
+            continue
         missing = True
         for soname in spec.sonames:
             path = os.path.join(folder, soname)
@@ -195,13 +233,18 @@ def version_string(version: int) -> str:
     return f"{version // 1000}.{version % 1000 // 10}.{version % 10}"
 
 
-class CuFileLib:
-    """One loaded libcufile: `path`, `source`, `version`, and cuFile functions as lazy attributes.
+class _NativeLib:
+    """One loaded GPU-direct library: `path`, `source`, `version`, and its functions as lazy attributes.
 
-    `lib.cuFileRead` resolves the symbol on first use with its prototype from `_cufile_abi`; a
-    function this libcufile lacks raises `NotSupportedError` naming the version, never at load
-    time. Construct one directly for a given file (tests do); `cufile()` shares one per process.
+    `lib.<function>` resolves the symbol on first use with its prototype from the ABI module; a
+    function this build lacks raises `NotSupportedError` naming the version, never at load time.
     """
+
+    spec: LibrarySpec
+    header: str  # the C header the prototypes come from
+    prototypes: dict[str, tuple[type | None, list[type]]]
+    function_since: dict[str, int]
+    upgrade_hint: str
 
     def __init__(self, path: str | os.PathLike[str], *, source: str = "explicit") -> None:
         self.path = os.fspath(path)
@@ -209,11 +252,61 @@ class CuFileLib:
         try:
             self._cdll = ctypes.CDLL(self.path, use_errno=True)
         except OSError as exc:
-            raise LibraryNotFoundError(f"cannot load libcufile from {self.path}: {exc}. "
-                                       f"Fix: {CUFILE_SPEC.install_hint}.", library="libcufile",
+            raise LibraryNotFoundError(f"cannot load {self.spec.name} from {self.path}: {exc}. "
+                                       f"Fix: {self.spec.install_hint}.", library=self.spec.name,
                                        searched=(f"{source}: {self.path}: {exc}",)) from None
         self.version = self._read_version()
-        self.version_string = version_string(self.version)
+        self.version_string = self._format_version(self.version)
+
+    def _read_version(self) -> int:
+        raise NotImplementedError
+
+    @staticmethod
+    def _format_version(version: int) -> str:
+        raise NotImplementedError
+
+    def has(self, name: str) -> bool:
+        """Whether this library exports `name`."""
+        try:
+            self._cdll[name]
+        except AttributeError:
+            return False
+        return True
+
+    def _missing(self, name: str) -> str:
+        """Why `name` is absent and what to do, after "<name> is not supported by <lib> <version> at <path>"."""
+        since = self.function_since.get(name)
+        newer = f" (it first appears in {self.spec.name} {self._format_version(since)})" if since else ""
+        return f"{newer}; {self.upgrade_hint}, or avoid this feature"
+
+    def __getattr__(self, name: str) -> Any:
+        prototype = self.prototypes.get(name)
+        if prototype is None:
+            raise AttributeError(f"{name!r} is not a function of {self.header}")
+        try:
+            fn = self._cdll[name]
+        except AttributeError:
+            raise NotSupportedError(f"{name} is not supported by {self.spec.name} {self.version_string} at "
+                                    f"{self.path}{self._missing(name)}") from None
+        fn.restype, fn.argtypes = prototype
+        self.__dict__[name] = fn  # later lookups skip __getattr__
+        return fn
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.version_string} at {self.path} (found via {self.source})>"
+
+
+class CuFileLib(_NativeLib):
+    """One loaded libcufile; `version` is cuFileGetVersion's integer (e.g. 1200).
+
+    Construct one directly for a given file (tests do); `cufile()` shares one per process.
+    """
+
+    spec = CUFILE_SPEC
+    header = "cufile.h"
+    prototypes = abi.PROTOTYPES
+    function_since = abi.FUNCTION_SINCE
+    upgrade_hint = "install a newer nvidia-cufile wheel or CUDA toolkit"
 
     def _read_version(self) -> int:
         if not self.has("cuFileGetVersion"):
@@ -222,32 +315,52 @@ class CuFileLib:
         status = self.cuFileGetVersion(ctypes.byref(out))
         return out.value if status.err == abi.CU_FILE_SUCCESS else 0
 
-    def has(self, name: str) -> bool:
-        """Whether this libcufile exports `name`."""
-        try:
-            self._cdll[name]
-        except AttributeError:
-            return False
-        return True
+    @staticmethod
+    def _format_version(version: int) -> str:
+        return version_string(version)
 
-    def __getattr__(self, name: str) -> Any:
-        prototype = abi.PROTOTYPES.get(name)
-        if prototype is None:
-            raise AttributeError(f"{name!r} is not a function of cufile.h")
-        try:
-            fn = self._cdll[name]
-        except AttributeError:
-            since = abi.FUNCTION_SINCE.get(name)
-            newer = f" (it first appears in libcufile {version_string(since)})" if since else ""
-            raise NotSupportedError(
-                f"{name} is not supported by libcufile {self.version_string} at {self.path}{newer}; install a "
-                "newer nvidia-cufile wheel or CUDA toolkit, or avoid this feature") from None
-        fn.restype, fn.argtypes = prototype
-        self.__dict__[name] = fn  # later lookups skip __getattr__
-        return fn
 
-    def __repr__(self) -> str:
-        return f"<CuFileLib {self.version_string} at {self.path} (found via {self.source})>"
+def hipfile_version_string(version: int) -> str:
+    """HipFileLib's version integer (10000*major + 100*minor + patch) as "major.minor.patch"."""
+    if version <= 0:
+        return "unknown"
+    return f"{version // 10000}.{version % 10000 // 100}.{version % 100}"
+
+
+class HipFileLib(_NativeLib):
+    """One loaded libhipfile; `version` is hipFileGetVersion's three numbers as 10000*major + 100*minor +
+    patch (0.2.0 -> 200), also as `version_tuple`.
+
+    Construct one directly for a given file (tests do); `hipfile()` shares one per process.
+    """
+
+    spec = HIPFILE_SPEC
+    header = "hipfile.h"
+    prototypes = hip_abi.PROTOTYPES
+    function_since = hip_abi.FUNCTION_SINCE
+    upgrade_hint = "install a newer hipFile (ROCm)"
+
+    def _read_version(self) -> int:
+        self.version_tuple = (0, 0, 0)
+        if not self.has("hipFileGetVersion"):
+            return 0
+        parts = [ctypes.c_uint(0) for _ in range(3)]
+        status = self.hipFileGetVersion(*(ctypes.byref(p) for p in parts))
+        if status.err != hip_abi.hipFileSuccess:
+            return 0
+        self.version_tuple = tuple(p.value for p in parts)
+        major, minor, patch = self.version_tuple
+        return 10000 * major + 100 * minor + patch
+
+    @staticmethod
+    def _format_version(version: int) -> str:
+        return hipfile_version_string(version)
+
+    def _missing(self, name: str) -> str:
+        replaced = hip_abi.LEGACY.get(name)
+        if replaced:
+            return f" ({name} was {replaced}); use the current name"
+        return super()._missing(name)
 
 
 _instance: CuFileLib | None = None
@@ -265,3 +378,23 @@ def cufile() -> CuFileLib:
                 logger.info("loaded libcufile %s from %s (via %s)", lib.version_string, lib.path, lib.source)
                 _instance = lib
     return _instance
+
+
+_hip_instance: HipFileLib | None = None
+
+
+def hipfile() -> HipFileLib:
+    """The process-wide libhipfile, found with `find_library(HIPFILE_SPEC)` on first call.
+
+    Loading it maps libamdhip64 (a dependency) but initialises nothing; the hipFile engine runs the
+    HIP runtime guard before any call that could touch a GPU.
+    """
+    global _hip_instance
+    if _hip_instance is None:
+        with _instance_lock:
+            if _hip_instance is None:
+                found = find_library(HIPFILE_SPEC)
+                lib = HipFileLib(found.path, source=found.source)
+                logger.info("loaded libhipfile %s from %s (via %s)", lib.version_string, lib.path, lib.source)
+                _hip_instance = lib
+    return _hip_instance

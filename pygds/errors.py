@@ -1,9 +1,11 @@
-"""pygds exceptions, cuFile status codes with human explanations, and decoding of cuFile results.
+"""pygds exceptions, cuFile and hipFile status codes with human explanations, and decoding of results.
 
 Every pygds exception derives from `PygdsError`. cuFile reports failure three ways, all decoded
 here: a `CUfileError_t` status (`check_status`), a read/write return value that is bytes, -1 with
 errno, or a negative `CUfileOpError` (`decode_io_result`), and a batch event whose `size_t ret`
-holds a negative value (`decode_batch_event`).
+holds a negative value (`decode_batch_event`). hipFile uses the same numbers under its own names
+and a `hipError_t` instead of a `CUresult`: `check_hipfile_status` and `HipFileError`, and
+`decode_io_result(..., error=HipFileError)` for its reads and writes.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import errno as _errno
 import os
 
 from . import _cufile_abi as abi
+from . import _hipfile_abi as hip_abi
 
 
 class PygdsError(Exception):
@@ -34,7 +37,7 @@ class NotSupportedError(PygdsError):
 
 
 class DriverUnavailableError(PygdsError):
-    """The never-hang guard refused cuFile; the message names the cause and the fix."""
+    """The never-hang guard refused cuFile or hipFile; the message names the cause and the fix."""
 
 
 class InvalidArgumentError(PygdsError, ValueError):
@@ -267,6 +270,160 @@ class CuFileError(PygdsError):
         return _rebuild, (CuFileError, (self.op, self.code, self.cu_err), {"path": self.path})
 
 
+# --- hipFile status codes --------------------------------------------------------------------
+#: hipError_t code -> name, as in hip_runtime_api.h of ROCm 7 (aliases left out).
+HIP_ERROR_NAMES: dict[int, str] = {
+    0: "hipSuccess", 1: "hipErrorInvalidValue", 2: "hipErrorOutOfMemory", 3: "hipErrorNotInitialized",
+    4: "hipErrorDeinitialized", 5: "hipErrorProfilerDisabled", 6: "hipErrorProfilerNotInitialized",
+    7: "hipErrorProfilerAlreadyStarted", 8: "hipErrorProfilerAlreadyStopped", 9: "hipErrorInvalidConfiguration",
+    12: "hipErrorInvalidPitchValue", 13: "hipErrorInvalidSymbol", 17: "hipErrorInvalidDevicePointer",
+    21: "hipErrorInvalidMemcpyDirection", 35: "hipErrorInsufficientDriver", 52: "hipErrorMissingConfiguration",
+    53: "hipErrorPriorLaunchFailure", 98: "hipErrorInvalidDeviceFunction", 100: "hipErrorNoDevice",
+    101: "hipErrorInvalidDevice", 200: "hipErrorInvalidImage", 201: "hipErrorInvalidContext",
+    202: "hipErrorContextAlreadyCurrent", 205: "hipErrorMapFailed", 206: "hipErrorUnmapFailed",
+    207: "hipErrorArrayIsMapped", 208: "hipErrorAlreadyMapped", 209: "hipErrorNoBinaryForGpu",
+    210: "hipErrorAlreadyAcquired", 211: "hipErrorNotMapped", 212: "hipErrorNotMappedAsArray",
+    213: "hipErrorNotMappedAsPointer", 214: "hipErrorECCNotCorrectable", 215: "hipErrorUnsupportedLimit",
+    216: "hipErrorContextAlreadyInUse", 217: "hipErrorPeerAccessUnsupported", 218: "hipErrorInvalidKernelFile",
+    219: "hipErrorInvalidGraphicsContext", 300: "hipErrorInvalidSource", 301: "hipErrorFileNotFound",
+    302: "hipErrorSharedObjectSymbolNotFound", 303: "hipErrorSharedObjectInitFailed",
+    304: "hipErrorOperatingSystem", 400: "hipErrorInvalidHandle", 401: "hipErrorIllegalState",
+    500: "hipErrorNotFound", 600: "hipErrorNotReady", 700: "hipErrorIllegalAddress",
+    701: "hipErrorLaunchOutOfResources", 702: "hipErrorLaunchTimeOut", 704: "hipErrorPeerAccessAlreadyEnabled",
+    705: "hipErrorPeerAccessNotEnabled", 708: "hipErrorSetOnActiveProcess", 709: "hipErrorContextIsDestroyed",
+    710: "hipErrorAssert", 712: "hipErrorHostMemoryAlreadyRegistered", 713: "hipErrorHostMemoryNotRegistered",
+    719: "hipErrorLaunchFailure", 720: "hipErrorCooperativeLaunchTooLarge", 801: "hipErrorNotSupported",
+    900: "hipErrorStreamCaptureUnsupported", 901: "hipErrorStreamCaptureInvalidated",
+    902: "hipErrorStreamCaptureMerge", 903: "hipErrorStreamCaptureUnmatched", 904: "hipErrorStreamCaptureUnjoined",
+    905: "hipErrorStreamCaptureIsolation", 906: "hipErrorStreamCaptureImplicit", 907: "hipErrorCapturedEvent",
+    908: "hipErrorStreamCaptureWrongThread", 910: "hipErrorGraphExecUpdateFailure",
+    911: "hipErrorInvalidChannelDescriptor", 912: "hipErrorInvalidTexture", 999: "hipErrorUnknown",
+    1052: "hipErrorRuntimeMemory", 1053: "hipErrorRuntimeOther",
+}
+
+
+def hip_error_name(code: int) -> str:
+    """The hipError_t name of `code`, or "HIP error <code>" for a code this table does not know."""
+    return HIP_ERROR_NAMES.get(code, f"HIP error {code}")
+
+
+_HIPFILE_STRINGS: dict[int, str] = {code: text for code, _, text in hip_abi.HIPFILE_OP_ERRORS}
+_HIPFILE_NAMES: dict[int, str] = {code: name for code, name, _ in hip_abi.HIPFILE_OP_ERRORS}
+_AIS_CHECK = "run /opt/rocm/bin/ais-check (or `pygds info`) to see which part of the AIS stack is missing"
+
+#: hipFileOpError code -> what it usually means with hipFile on ROCm and what to do about it.
+HIPFILE_EXPLANATIONS: dict[int, str] = {
+    0: "The call succeeded.",
+    5001: "The hipFile driver is not open (never opened, or closed as often as it was opened). Open it "
+          "first (pygds.engines.hipfile.HipFileDriver, or a pygds.File with engine='hipfile' does it).",
+    5002: "A driver property is invalid. hipFile does not implement its property setters yet; leave them "
+          "at their defaults.",
+    5003: "A driver property value is outside the range hipFile supports.",
+    5004: "hipFile and the GPU I/O driver disagree on versions. Install matching ROCm (>= 7.2) and "
+          f"amdgpu-dkms (>= 30.20.1) packages, {_POSIX_FALLBACK}.",
+    5005: "hipFile could not read the version of the GPU I/O driver (amdgpu). Check that amdgpu is loaded "
+          "and /sys and /proc are visible inside the container.",
+    5006: "The hipFile driver is closing, or was already closed when a buffer was deregistered. Finish I/O and "
+          "deregister buffers before the last driver reference is closed.",
+    5007: f"hipFile does not support this platform. {_AIS_CHECK}, {_POSIX_FALLBACK}.",
+    5008: "hipFile cannot do I/O on this file or handle type: it registers only plain file descriptors "
+          "(hipFileHandleTypeOpaqueFD) of regular files and block devices. Use such a file, "
+          f"{_POSIX_FALLBACK}.",
+    5009: "This GPU cannot use hipFile's fastpath (for example an SR-IOV virtual function, which only gets the "
+          f"compatibility path). Run on a physical function, {_POSIX_FALLBACK}.",
+    5010: "The GPU I/O driver (amdgpu's AIS path in KFD) reported an error; see `dmesg` for amdgpu/kfd "
+          "messages.",
+    5011: "A HIP runtime call made by hipFile failed; the HIP error says which. Common causes: no AMD GPU "
+          "visible (HIP_VISIBLE_DEVICES, /dev/kfd and /dev/dri not passed into the container, or the user "
+          "not in the render and video groups), a lost GPU, or a HIP runtime older than this hipFile.",
+    5012: "The address is not valid GPU memory for hipFile (freed, from another process, or not HIP memory). "
+          "Pass live hipMalloc/torch memory.",
+    5013: "hipFile does not accept this kind of memory: it takes device memory, and pinned host memory only "
+          "once registered with hipFileBufRegister; pageable host and managed memory are refused. pygds "
+          "moves unregistered host memory with POSIX I/O itself.",
+    5014: "Buffer offset plus size run past the end of the HIP allocation (or of the registered range). Check "
+          "the buffer's size, buf_offset and the request size.",
+    5015: "The buffer belongs to a different GPU than the one hipFile used. Select the buffer's device "
+          "(torch.cuda.set_device / hipSetDevice) before the call.",
+    5016: "The I/O goes past the end of the pinned (registered) buffer. Keep buf_offset + size within the "
+          "registered length.",
+    5017: "The I/O goes past the end of the mapped buffer. Keep buf_offset + size within the registered "
+          "length.",
+    5018: "hipFile does not support this file type: its fastpath takes regular files and block devices only.",
+    5019: "The file was opened with flags hipFile does not support (such as O_APPEND) or without the access "
+          "the operation needs. Open with O_RDONLY, O_WRONLY or O_RDWR (plus O_DIRECT for the fastpath).",
+    5020: "The file was not opened with O_DIRECT, which hipFile's fastpath needs when compatibility mode is "
+          "off. Open it with direct=True, or allow compatibility mode (HIPFILE_ALLOW_COMPAT_MODE=true).",
+    5022: "hipFile rejected an argument: a null pointer, a zero size, a negative offset, a batch entry that is "
+          "not mode=hipFileBatch, or host memory passed without registering it with an explicit size.",
+    5023: "This buffer is already registered with hipFileBufRegister. Register each allocation once and "
+          "reuse it, or deregister it first.",
+    5024: "The address is not a registered buffer: never registered, already deregistered, or not the base "
+          "address that was registered. Pass the exact registered base address.",
+    5025: "Access to the GPU (/dev/kfd, /dev/dri) or to the file was denied. Add the user to the render and "
+          "video groups, pass --device=/dev/kfd --device=/dev/dri into containers, and check the file's "
+          "permissions.",
+    5026: "The hipFile driver is already open, so this setting can no longer change. Set it before the first "
+          "hipFileDriverOpen in this process.",
+    5027: "The file handle is not registered: never registered or already deregistered. Register the file "
+          "first (a pygds.File does).",
+    5028: "This file descriptor is already registered with hipFile. Register each descriptor once, or open "
+          "the file again for a second handle.",
+    5029: "hipFile found no usable AMD GPU: none is visible (check `amd-smi list` or `rocm-smi`, "
+          "HIP_VISIBLE_DEVICES, and /dev/kfd access) or amdgpu is not loaded.",
+    5030: "hipFile hit an internal error. The calls hipfile.h documents as not implemented (driver "
+          "properties, poll mode, size limits, hipFileGet/SetParameter*) always return it; elsewhere it marks "
+          "an unexpected failure inside hipFile, such as no backend accepting the I/O or a buffer deregistered "
+          f"while I/O was outstanding. See syslog, {_POSIX_FALLBACK}.",
+    5031: "hipFile could not open a new file descriptor (the per-process limit is reached, or the file was "
+          "removed). Raise `ulimit -n` or close files.",
+    5033: f"The GPU I/O driver failed to initialise (amdgpu's AIS hook or P2PDMA is not up). {_AIS_CHECK}.",
+    5034: "GPU I/O is disabled for this file by configuration. Use engine='auto' (falls back to POSIX) or "
+          "engine='posix'.",
+    5035: "hipFileBatchIOSubmit failed: an entry is malformed (mode must be hipFileBatch, the handle "
+          "registered, the size above zero) or there are more entries than the batch was set up for.",
+    5036: "hipFile could not pin GPU memory for the buffer. Register fewer or smaller buffers.",
+    5037: "The batch queue is full: more operations than the batch was set up for. Submit fewer per batch.",
+    5038: "Stream (async) hipFile I/O is not supported here (before hipFile 0.5 the AMD backend had none). "
+          "Use synchronous reads and writes on a thread pool instead; pygds does so itself.",
+    5039: "End-of-table marker of hipFileOpError, not a real error; a libhipfile returning it is a bug.",
+}
+
+
+def hipfile_error_name(code: int) -> str:
+    """The hipFileOpError name of `code` (sign ignored), or "hipFileUnknownError<code>"."""
+    code = abs(code)
+    return _HIPFILE_NAMES.get(code, f"hipFileUnknownError{code}")
+
+
+def explain_hipfile(code: int) -> str:
+    """hipFileGetOpErrorString's text plus the likely cause and fix of a hipFile code."""
+    code = abs(code)
+    if code not in _HIPFILE_NAMES:
+        return (f"{code} is not a hipFileOpError code of hipfile.h; a newer libhipfile may define it. "
+                "See syslog for hipFile's messages.")
+    return f"{_HIPFILE_STRINGS[code]}: {HIPFILE_EXPLANATIONS[code]}"
+
+
+class HipFileError(PygdsError):
+    """A hipFile call failed with a hipFileOpError code (and, for 5011, a HIP runtime error)."""
+
+    def __init__(self, op: str, code: int, hip_err: int = 0, *, path: str | None = None) -> None:
+        self.op = op
+        self.code = abs(int(code))
+        self.name = hipfile_error_name(self.code)
+        self.explanation = explain_hipfile(self.code)
+        self.hip_err = int(hip_err)
+        self.hip_err_name = hip_error_name(self.hip_err) if self.hip_err else None
+        self.path = path
+        where = f" on {path}" if path else ""
+        hip = f" HIP error: {self.hip_err_name} ({self.hip_err})." if self.hip_err else ""
+        super().__init__(f"{op} failed{where}: {self.name} ({self.code}): {self.explanation}{hip}")
+
+    def __reduce__(self) -> tuple:
+        return _rebuild, (HipFileError, (self.op, self.code, self.hip_err), {"path": self.path})
+
+
 _ERRNO_HINTS: dict[int, str] = {
     _errno.ENOSPC: "the file system is full; free space or write elsewhere",
     _errno.EDQUOT: "the disk quota is used up; free space or raise the quota",
@@ -320,23 +477,31 @@ def check_status(op: str, status: abi.CUfileError_t, *, path: str | None = None)
         raise CuFileError(op, status.err, status.cu_err, path=path)
 
 
-def _error_for(op: str, code: int, path: str | None) -> PygdsError:
-    """The exception for a positive error `code`: a CUfileOpError above 5000, else an errno."""
+def check_hipfile_status(op: str, status: hip_abi.hipFileError_t, *, path: str | None = None) -> None:
+    """Raise `HipFileError` for a failed `hipFileError_t` (err != hipFileSuccess)."""
+    if status.err != hip_abi.hipFileSuccess:
+        raise HipFileError(op, status.err, status.hip_drv_err, path=path)
+
+
+def _error_for(op: str, code: int, path: str | None, error: type = CuFileError) -> PygdsError:
+    """The exception for a positive error `code`: a library code above 5000 (as `error`), else an errno."""
     if code > abi.CUFILEOP_BASE_ERR:
-        return CuFileError(op, code, path=path)
+        return error(op, code, path=path)
     return IOFailedError(code, op=op, path=path)
 
 
-def decode_io_result(op: str, ret: int, err: int, *, path: str | None = None) -> int:
+def decode_io_result(op: str, ret: int, err: int, *, path: str | None = None, error: type = CuFileError) -> int:
     """Bytes moved by cuFileRead/Write/Readv/Writev (and async bytes-done), or raise why not.
 
     `ret >= 0` is bytes. `ret == -1` means `err` (the call's errno, from `ctypes.get_errno()` with
     `use_errno=True`) says why; libcufile has been seen putting a CUfileOpError code there too.
     Other negatives are a negative CUfileOpError, or a negative errno (async calls report -EIO so).
+    hipFileRead/Write follow the same rules; pass `error=HipFileError` to name their codes. (hipFile
+    0.2 can also return a negated hipError_t for a failed HIP call, which reads as an errno here.)
     """
     if ret >= 0:
         return ret
-    raise _error_for(op, (err or _errno.EIO) if ret == -1 else -ret, path)
+    raise _error_for(op, (err or _errno.EIO) if ret == -1 else -ret, path, error)
 
 
 def signed_size(value: int) -> int:

@@ -1,9 +1,11 @@
-"""The checks that keep cuFile from hanging, and the `auto` engine choice with its reason.
+"""The checks that keep cuFile and hipFile from hanging, and the `auto` engine choice with its reason.
 
 libcufile 1.20 reads `/proc/modules` in a `getline` loop that never ends when the open failed,
 so `cuFileDriverOpen` spins forever in sandboxes without that file (gVisor-style containers).
 It also needs a CUDA driver to do anything useful with GPU memory. Both are checked here, each
-within a second, before pygds lets any cuFile call run.
+within a second, before pygds lets any cuFile call run. hipFile initialises the HIP runtime on
+its first call; pygds first checks, within a second, that libamdhip64 loads, `hipInit` succeeds and
+an AMD GPU is visible.
 """
 from __future__ import annotations
 
@@ -14,13 +16,14 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import DriverUnavailableError, InvalidArgumentError, PygdsError
+from .errors import DriverUnavailableError, InvalidArgumentError, LibraryNotFoundError, PygdsError, hip_error_name
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "cufile", "hipfile", "posix")
 ENGINE_ENV = "PYGDS_ENGINE"
 _CUDA_TIMEOUT_S = 1.0
+_HIP_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,69 @@ def check_cuda_driver() -> Check:
         return Check(False, f"the CUDA driver did not answer cuInit within {_CUDA_TIMEOUT_S:.0f} s",
                      "check the NVIDIA driver (nvidia-smi), or use the POSIX engine")
     return result[0]
+
+
+def loaded_hip_runtime(maps: str = "/proc/self/maps") -> str | None:
+    """The libamdhip64 this process has already mapped (torch built for ROCm brings its own), if any."""
+    try:
+        with open(maps, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                path = line.rstrip("\n").split(maxsplit=5)[5:]
+                if path and os.path.basename(path[0]).startswith("libamdhip64.so"):
+                    return path[0]
+    except OSError:
+        pass
+    return None
+
+
+def hip_runtime_path() -> str:
+    """The HIP runtime to probe: the one already in this process, else the one `find_library` finds."""
+    from ._lib import HIP_RUNTIME_SPEC, find_library
+
+    return loaded_hip_runtime() or find_library(HIP_RUNTIME_SPEC).path
+
+
+def _probe_hip() -> Check:
+    try:
+        path = hip_runtime_path()
+    except LibraryNotFoundError as exc:
+        return Check(False, "the HIP runtime libamdhip64 cannot be loaded (" + "; ".join(exc.searched) + ")",
+                     "install ROCm on a machine with an AMD GPU (or set PYGDS_AMDHIP_LIB), or use the POSIX "
+                     "engine")
+    hip = ctypes.CDLL(path)
+    rc = hip.hipInit(0)
+    if rc != 0:
+        return Check(False, f"hipInit failed with {hip_error_name(rc)} ({rc}) in {path}",
+                     "check that the amdgpu kernel driver is loaded and /dev/kfd and /dev/dri are accessible "
+                     "(the render and video groups; --device=/dev/kfd --device=/dev/dri in containers), or use "
+                     "the POSIX engine")
+    count = ctypes.c_int(0)
+    rc = hip.hipGetDeviceCount(ctypes.byref(count))
+    if rc != 0 or count.value < 1:
+        return Check(False, f"no AMD GPU is visible (hipGetDeviceCount -> {hip_error_name(rc)}, "
+                            f"{count.value} devices)",
+                     "check HIP_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES and `amd-smi list`, or use the POSIX engine")
+    return Check(True, f"HIP runtime {path} usable with {count.value} device(s)")
+
+
+@lru_cache(maxsize=1)
+def check_hip_runtime() -> Check:
+    """libamdhip64 loads, `hipInit` succeeds and at least one AMD GPU exists — decided within a second."""
+    result: list[Check] = []
+    worker = threading.Thread(target=lambda: result.append(_probe_hip()), daemon=True, name="pygds-hip-probe")
+    worker.start()
+    worker.join(_HIP_TIMEOUT_S)
+    if not result:
+        return Check(False, f"the HIP runtime did not answer hipInit within {_HIP_TIMEOUT_S:.0f} s",
+                     "check the amdgpu driver (`amd-smi list`, dmesg), or use the POSIX engine")
+    return result[0]
+
+
+def ensure_hipfile_safe() -> None:
+    """Raise `DriverUnavailableError` (cause and fix) unless hipFile can run without hanging."""
+    check = check_hip_runtime()
+    if not check.ok:
+        raise DriverUnavailableError(f"hipFile cannot be used: {check.reason}. Fix: {check.fix}")
 
 
 def nvidia_fs_loaded() -> bool:
@@ -138,18 +204,17 @@ def choose_engine(engine: str | None = None) -> EngineChoice:
         return EngineChoice("cufile", f"libcufile {lib.version_string} at {lib.path} and a usable CUDA driver")
     except PygdsError as exc:
         reasons.append(f"cuFile: {exc}")
-    hip = _hipfile_choice()
-    if hip is not None:
-        return hip
-    reasons.append("hipFile: not usable on this machine")
+    hip = _hipfile_check()
+    if hip.ok:
+        return EngineChoice("hipfile", hip.reason)
+    reasons.append(f"hipFile: {hip.reason}")
     return EngineChoice("posix", "; ".join(reasons))
 
 
-def _hipfile_choice() -> EngineChoice | None:
-    """hipFile when its engine module says it is usable here; None otherwise."""
+def _hipfile_check() -> Check:
+    """Whether the hipFile engine says it is usable here, and why."""
     try:
         from .engines import hipfile
     except ImportError:
-        return None
-    check = hipfile.usable()
-    return EngineChoice("hipfile", check.reason) if check.ok else None
+        return Check(False, "this pygds has no hipFile engine")
+    return hipfile.usable()

@@ -6,8 +6,10 @@ allocations and copies between any two views.
 the buffer protocol (bytes, bytearray, memoryview, mmap, array.array) and `Pointer`. A view's
 `owner` keeps the source alive, so the address stays valid as long as the view is held.
 
-Kinds are generic ("host", "pinned", "device", "managed"); the CUDA calls live in `pygds.cuda`
-and are re-exported here for callers that think in buffers.
+Kinds are generic ("host", "pinned", "device", "managed"); the GPU calls live in `pygds.cuda` and
+`pygds.hip`, which offer the same functions, and `gpu_runtime()` picks the one that owns GPU memory
+in this process: HIP on ROCm (torch built for HIP, or an AMD GPU where CUDA is not), else CUDA.
+The CUDA helpers are re-exported here for callers that think in buffers.
 """
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ import operator
 import sys
 import weakref
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-from . import cuda
+from . import cuda, guard, hip
 from .cuda import (
     CudaError,
     cuda_available,
@@ -35,7 +38,8 @@ from .errors import InvalidArgumentError, PygdsError, UnsupportedBufferError
 
 __all__ = [
     "BufferView", "CudaError", "DeviceBuffer", "KINDS", "PinnedBuffer", "Pointer", "as_buffer", "copy",
-    "cuda_available", "current_device", "device_count", "pointer_kind", "set_device", "stream_synchronize",
+    "cuda_available", "current_device", "device_count", "gpu_available", "gpu_runtime", "pointer_kind",
+    "set_device", "stream_synchronize",
 ]
 
 KINDS = ("host", "pinned", "device", "managed")
@@ -46,6 +50,24 @@ log = logging.getLogger(__name__)
 _ACCEPTED = ("a torch tensor, an object with __cuda_array_interface__ (CuPy, Numba), a DLPack producer "
              "(__dlpack__), a numpy array or other __array_interface__ object, a bytes-like object "
              "(bytes, bytearray, memoryview, mmap, array.array), or pygds.Pointer(ptr, nbytes)")
+
+
+def gpu_runtime() -> ModuleType:
+    """`pygds.hip` when GPU memory here is HIP memory (torch built for ROCm, or an AMD GPU answers and
+    CUDA is not usable), else `pygds.cuda`. Both offer pointer_kind, mem_alloc, memcpy, ... and raise
+    errors that say what is missing (the driver, or cuda-python / hip-python)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and getattr(getattr(torch, "version", None), "hip", None):
+        return hip
+    if not cuda.cuda_available() and guard.check_hip_runtime().ok:
+        return hip
+    return cuda
+
+
+def gpu_available() -> bool:
+    """Whether the runtime `gpu_runtime()` picks is usable (a GPU, its driver and its Python binding)."""
+    runtime = gpu_runtime()
+    return hip.hip_available() if runtime is hip else cuda.cuda_available()
 
 
 def _index(name: str, value: Any) -> int:
@@ -62,7 +84,7 @@ def _index(name: str, value: Any) -> int:
 class BufferView:
     """`nbytes` of memory at address `ptr`, of a `kind` ("host", "pinned", "device", "managed").
 
-    `device` is the CUDA ordinal for device and managed memory (None for host memory); `owner` is
+    `device` is the GPU ordinal for device and managed memory (None for host memory); `owner` is
     the object that keeps the memory alive.
     """
 
@@ -91,7 +113,7 @@ class BufferView:
 
 @dataclass(frozen=True)
 class Pointer:
-    """A raw address and size the caller keeps valid; `kind="auto"` asks CUDA what it points at."""
+    """A raw address and size the caller keeps valid; `kind="auto"` asks the GPU runtime what it points at."""
 
     ptr: int
     nbytes: int
@@ -106,8 +128,8 @@ class Pointer:
 
     def _view(self) -> BufferView:
         kind, device = self.kind, self.device
-        if (kind == "auto" or (device is None and kind not in _HOST_KINDS)) and cuda_available():
-            found_kind, found_device = pointer_kind(self.ptr)
+        if (kind == "auto" or (device is None and kind not in _HOST_KINDS)) and gpu_available():
+            found_kind, found_device = gpu_runtime().pointer_kind(self.ptr)
             kind = found_kind if kind == "auto" else kind
             device = found_device if device is None else device
         elif kind == "auto":
@@ -219,11 +241,12 @@ def _from_cuda_array_interface(obj: object, iface: dict) -> BufferView:
     ptr, readonly, nbytes = _layout(obj, iface, "__cuda_array_interface__")
     stream = iface.get("stream") if iface.get("version", 0) >= 3 else None
     kind, device = "device", 0
-    if cuda_available():
+    if gpu_available():
+        runtime = gpu_runtime()
         if stream is not None:
-            stream_synchronize(stream)  # the producer's pending work on its stream must finish first
+            runtime.stream_synchronize(stream)  # the producer's pending work on its stream must finish first
         if ptr:
-            kind, device = pointer_kind(ptr)
+            kind, device = runtime.pointer_kind(ptr)
     return BufferView(ptr, nbytes, kind, device, readonly, obj)
 
 
@@ -258,7 +281,8 @@ _capsule_set_name = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.c_c
     ("PyCapsule_SetName", ctypes.pythonapi))
 _Deleter = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)
 
-_DLPACK_KINDS = {1: "host", 2: "device", 3: "pinned", 13: "managed"}  # kDLCPU, kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+# kDLCPU, kDLCUDA, kDLCUDAHost, kDLROCM, kDLROCMHost, kDLCUDAManaged
+_DLPACK_KINDS = {1: "host", 2: "device", 3: "pinned", 10: "device", 11: "pinned", 13: "managed"}
 _USED_NAME = b"used_dltensor"  # static: PyCapsule_SetName keeps the pointer
 
 
@@ -280,7 +304,8 @@ def _from_dlpack(obj: Any) -> BufferView:
     kind = _DLPACK_KINDS.get(device_type)
     if kind is None:
         raise UnsupportedBufferError(f"the {type(obj).__name__} lives on DLPack device type {device_type}; "
-                                     "pygds takes CPU (1), CUDA (2), CUDA host (3) and CUDA managed (13) memory")
+                                     "pygds takes CPU (1), CUDA (2), CUDA host (3), ROCm (10), ROCm host (11) "
+                                     "and CUDA managed (13) memory")
     capsule = obj.__dlpack__()
     managed = _capsule_get_pointer(capsule, b"dltensor")
     tensor = _DLManagedTensor.from_address(managed).dl_tensor
@@ -297,8 +322,8 @@ def _from_dlpack(obj: Any) -> BufferView:
     _capsule_set_name(capsule, _USED_NAME)  # consumed: from here on the deleter is ours to call
     owner = _DLPackOwner(obj, managed, deleter)
     device = tensor.device.device_id if kind in ("device", "managed") else None
-    if kind in ("device", "managed") and cuda_available():
-        stream_synchronize(0)  # unversioned __dlpack__() orders the producer's work on the legacy stream
+    if kind in ("device", "managed") and gpu_available():
+        gpu_runtime().stream_synchronize(0)  # unversioned __dlpack__() orders the producer's work on the legacy stream
     return BufferView(ptr, math.prod(shape) * (bits // 8), kind, device, False, owner)
 
 
@@ -332,11 +357,11 @@ def _from_memoryview(obj: object, mv: memoryview) -> BufferView:
 
 # --- allocations -----------------------------------------------------------------------------------
 def _free_quietly(free: Any, *args: int) -> None:
-    """Free from a finalizer: a failure (e.g. CUDA already shut down at exit) is logged, not raised."""
+    """Free from a finalizer: a failure (e.g. the GPU runtime already shut down at exit) is logged, not raised."""
     try:
         free(*args)
     except PygdsError as exc:
-        log.warning("pygds could not free CUDA memory: %s", exc)
+        log.warning("pygds could not free GPU memory: %s", exc)
 
 
 class _Allocation:
@@ -378,7 +403,7 @@ class _Allocation:
 
 
 class DeviceBuffer(_Allocation):
-    """`nbytes` of device memory (`cuMemAlloc`) on `device` (default: the current one).
+    """`nbytes` of device memory (`cuMemAlloc`, or `hipMalloc` on ROCm) on `device` (default: the current one).
 
     Freed by `close()`, the end of a `with` block, or garbage collection. Exposes
     `__cuda_array_interface__`, so torch.as_tensor, CuPy and Numba can use it directly.
@@ -386,8 +411,10 @@ class DeviceBuffer(_Allocation):
 
     def __init__(self, nbytes: int, device: int | None = None) -> None:
         self.nbytes = _index("nbytes", nbytes)
-        self.device = current_device() if device is None else device
-        self._track(cuda.mem_alloc(self.nbytes, self.device) if self.nbytes else 0, cuda.mem_free, self.device)
+        runtime = gpu_runtime()
+        self.device = runtime.current_device() if device is None else device
+        self._track(runtime.mem_alloc(self.nbytes, self.device) if self.nbytes else 0, runtime.mem_free,
+                    self.device)
 
     @property
     def view(self) -> BufferView:
@@ -413,7 +440,8 @@ class DeviceBuffer(_Allocation):
 
 
 class PinnedBuffer(_Allocation):
-    """`nbytes` of page-locked host memory (`cuMemAllocHost`): fast to copy to and from the GPU.
+    """`nbytes` of page-locked host memory (`cuMemAllocHost`, or `hipHostMalloc` on ROCm): fast to copy to
+    and from the GPU.
 
     `.buffer` is a writable memoryview of it (also `memoryview(buf)` on Python 3.12+); each such
     view keeps the allocation alive. `close()` frees it at once: views taken earlier must not be
@@ -422,7 +450,8 @@ class PinnedBuffer(_Allocation):
 
     def __init__(self, nbytes: int) -> None:
         self.nbytes = _index("nbytes", nbytes)
-        self._track(cuda.mem_alloc_host(self.nbytes) if self.nbytes else 0, cuda.mem_free_host)
+        runtime = gpu_runtime()
+        self._track(runtime.mem_alloc_host(self.nbytes) if self.nbytes else 0, runtime.mem_free_host)
 
     @property
     def view(self) -> BufferView:
@@ -444,9 +473,10 @@ class PinnedBuffer(_Allocation):
 def copy(dst: object, src: object, nbytes: int, *, stream: object = None) -> None:
     """Copy `nbytes` from `src` to `dst` (views or anything `as_buffer` takes), whatever their kinds.
 
-    Host and pinned memory on both sides is a plain memmove; otherwise the matching cuMemcpy
-    (HtoD, DtoH, DtoD) runs in a context of the device involved. With `stream` (an int handle or
-    anything `int()` accepts) a CUDA copy is ordered on that stream and may still be running on return.
+    Host and pinned memory on both sides is a plain memmove; otherwise the matching cuMemcpy or
+    hipMemcpy (of `gpu_runtime()`; HtoD, DtoH, DtoD) runs on the device involved. With `stream` (an
+    int handle or anything `int()` accepts) a GPU copy is ordered on that stream and may still be
+    running on return.
     """
     dst = dst if isinstance(dst, BufferView) else as_buffer(dst, writable=True)
     src = src if isinstance(src, BufferView) else as_buffer(src)
@@ -459,10 +489,11 @@ def copy(dst: object, src: object, nbytes: int, *, stream: object = None) -> Non
     if not nbytes:
         return
     handle = None if stream is None else int(stream)  # type: ignore[call-overload]
+    runtime = gpu_runtime()
     if dst.kind in _HOST_KINDS and src.kind in _HOST_KINDS:
         if handle is not None:
-            stream_synchronize(handle)
+            runtime.stream_synchronize(handle)
         ctypes.memmove(dst.ptr, src.ptr, nbytes)
         return
     device = dst.device if dst.kind not in _HOST_KINDS else src.device
-    cuda.memcpy(dst.ptr, dst.kind, src.ptr, src.kind, nbytes, device=device, stream=handle)
+    runtime.memcpy(dst.ptr, dst.kind, src.ptr, src.kind, nbytes, device=device, stream=handle)

@@ -180,13 +180,14 @@ def test_unwritable_path_fails_with_the_fix(tmp_path, loop):
     assert failed and "cannot be created or written" in failed[0] and "Fix:" in failed[0]
 
 
-def test_hipfile_without_a_binding_is_a_clear_error(tmp_path, loop):
+def test_hipfile_where_it_cannot_run_is_a_clear_error(tmp_path, loop):
+    """No AMD GPU here: a GPU worker asking for hipFile fails at start-up with the reason and the fix."""
     extra = {**plugin_extra(str(tmp_path / "c"), **BUF), "use_hipfile": True}
     with capture_logs() as logs:
         backends = launch_plugins(make_config(extra_config=extra), make_metadata(), loop, dst_device="cuda:0")
     close_all(backends)
     failed = [m for m in logs.messages(logging.ERROR) if m.startswith("Failed to create backend gds")]
-    assert failed and "hipFile" in failed[0] and "Fix:" in failed[0]
+    assert failed and "hipFile" in failed[0] and "not usable here" in failed[0] and "Fix:" in failed[0]
 
 
 # ---------------------------------------------------------------------------------------------
