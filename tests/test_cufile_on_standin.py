@@ -1,4 +1,4 @@
-"""Run the cuFile test set (tests/cufile) on the CUDA driver stand-in, in one subprocess.
+"""Run the cuFile test set (tests/cufile_suite) on the CUDA driver stand-in, in one subprocess.
 
 The real libcufile runs its compatibility mode there; every test in the folder must pass and
 none may be skipped, so a missing piece of the stand-in cannot hide behind a skip.
@@ -36,7 +36,7 @@ def test_cufile_tests_pass_on_the_standin(standin: Standin) -> None:
     had_log = stray_log.exists()
     standin.clear_log()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/cufile", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "tests/cufile_suite", "-q", "-p", "no:cacheprovider"],
         env=standin.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     output = f"{done.stdout}\n{done.stderr}"
     shown = f"--- pytest output\n{output}\n--- cufile.log\n{standin.log_text()}"
