@@ -12,7 +12,8 @@ second level vanishes), "123" -> `<base>/12/3/<name>`.
 
 Safety: `quote(..., safe="")` leaves only `[A-Za-z0-9_.~-]` and `%XX`, so a name can hold no
 separator; the data suffix is never empty, so a name is never "." or "..". A fan-out level that
-could escape (only possible for non-integer hashes) is refused with `InvalidKeyError`.
+could escape, or an empty hash (only possible for non-integer hashes), is refused with
+`InvalidKeyError`.
 
 Long names: a data name longer than `MAX_DATA_NAME` bytes (255 minus the longest suffix we add,
 ".metadata.tmp" + 8 hex) would make LMCache fail with ENAMETOOLONG. Such a key is stored under the
@@ -56,6 +57,8 @@ def parse_paths(paths: str | Sequence[str]) -> list[str]:
 def fanout(chunk_hash: int | str | bytes) -> tuple[str, str]:
     """The two directory levels for a chunk hash, as LMCache computes them."""
     h = str(chunk_hash)
+    if not h:  # the entry would lie in the base directory itself, where no scan looks
+        raise InvalidKeyError("the chunk hash is empty; use integer chunk hashes")
     levels = (h[:2], h[2:4])
     for level in levels:
         if level in (".", "..") or "/" in level or "\0" in level or os.sep in level:
@@ -159,6 +162,8 @@ class Layout:
     def stem_of_data_name(self, name: str) -> str | None:
         """The stem of a data file name, or None when `name` is not a canonical data name."""
         if not name.endswith(self.data_suffix) or len(name) == len(self.data_suffix):
+            return None
+        if not name.isascii():  # every name written here is ASCII; others may not even be UTF-8
             return None
         stem = name[: -len(self.data_suffix)]
         if is_bounded_stem(stem):

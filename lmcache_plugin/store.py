@@ -695,15 +695,18 @@ class KVStore:
     def lookup(self, key_text: str, chunk_hash: int | str) -> EntryInfo | None:
         """Find an entry (index, then every path on disk) with its validated header.
 
-        Counts a hit or a miss. A corrupt header drops the entry (one warning) and misses.
+        Counts a hit or a miss. A corrupt header drops the entry (one warning) and misses. An
+        indexed entry whose file is gone (removed or evicted by another process, which may have
+        stored the key again in another path) is forgotten and the key looked for once more.
         """
         try:
             entry = self._find(key_text, chunk_hash, touch=True)
+            header = self._current_header(entry)
+            if entry is not None and header is None:
+                entry = self._find(key_text, chunk_hash, touch=True)
+                header = self._current_header(entry)
         except InvalidKeyError:
-            entry = None
-        header = None
-        if entry is not None:
-            header = entry.header or self._load_header(entry)
+            entry = header = None
         if entry is None or header is None:
             self._bump(misses=1)
             return None
@@ -715,6 +718,18 @@ class KVStore:
             size=HEADER_SIZE + header.nbytes,
             header=header,
         )
+
+    def _current_header(self, entry: Entry | None) -> EntryHeader | None:
+        """The entry's validated header; None (entry forgotten or dropped) when its file is gone
+        or bad. A cached header costs one stat."""
+        if entry is None:
+            return None
+        if entry.header is None:
+            return self._load_header(entry)
+        if not os.path.exists(entry.path):
+            self._forget(entry)
+            return None
+        return entry.header
 
     def read_into(self, info: EntryInfo, dest: Any) -> EntryHeader:
         """Read the entry's data into the start of `dest` (at least `nbytes`; torch tensor CPU
@@ -771,15 +786,20 @@ class KVStore:
         return header
 
     def get_into(self, key_text: str, chunk_hash: int | str, dest: Any) -> bool:
-        """lookup + read_into; False on a miss or a dropped entry."""
-        info = self.lookup(key_text, chunk_hash)
-        if info is None:
-            return False
-        try:
-            self.read_into(info, dest)
-        except (CorruptEntryError, EntryGoneError):
-            return False
-        return True
+        """lookup + read_into; False on a miss or a dropped entry. An entry removed between
+        lookup and read is looked up once more (another path may hold the key)."""
+        for _ in range(2):
+            info = self.lookup(key_text, chunk_hash)
+            if info is None:
+                return False
+            try:
+                self.read_into(info, dest)
+            except EntryGoneError:
+                continue
+            except CorruptEntryError:
+                return False
+            return True
+        return False
 
     def submit_get_into(self, key_text: str, chunk_hash: int | str, dest: Any) -> Future[bool]:
         """`get_into` on the I/O pool (in the caller when the pool is disabled)."""
