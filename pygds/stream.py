@@ -12,7 +12,7 @@ import errno
 import logging
 import threading
 
-from . import cuda
+from . import memory
 from .errors import IOFailedError, PygdsError, check_status
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ class StreamIO:
             self._result = self._threaded()
 
     def _threaded(self) -> int:
-        if cuda.cuda_available():
-            cuda.stream_synchronize(self._stream)
+        if memory.gpu_available():
+            memory.gpu_runtime().stream_synchronize(self._stream)
         op = self._file.write if self._write else self._file.read
         return op(self._buf, *self._args)
 
@@ -82,7 +82,7 @@ class StreamIO:
         global _async_broken
         if self._result is not None:
             return self._result
-        cuda.stream_synchronize(self._stream)
+        memory.gpu_runtime().stream_synchronize(self._stream)
         done = self._done.value
         if done >= 0:
             self._result = done

@@ -66,13 +66,14 @@ def _library_report() -> dict[str, Any]:
             "version_string": lib.version_string}
 
 
-def _hipfile_report() -> dict[str, Any]:
-    try:
-        from ..engines import hipfile
-    except ImportError:
-        return {"usable": False, "reason": "this pygds build has no hipFile engine"}
+def _hipfile_report(paths: list[str]) -> dict[str, Any]:
+    """Whether hipFile can run, and each documented requirement (ROCm, amdgpu-dkms, P2PDMA,
+    file system, local NVMe) as far as it can be told from here."""
+    from ..engines import hipfile
+
     check = hipfile.usable()
-    return {"usable": check.ok, "reason": check.reason, "fix": check.fix}
+    return {"usable": check.ok, "reason": check.reason, "fix": check.fix,
+            "requirements": [asdict(r) for r in hipfile.requirements(paths)]}
 
 
 def _check_dict(check: guard.Check) -> dict[str, Any]:
@@ -193,7 +194,7 @@ def collect(paths: list[str], config: str | None = None, *, open_driver: bool = 
     return {
         "pygds_version": __version__,
         "libcufile": library,
-        "hipfile": _hipfile_report(),
+        "hipfile": _hipfile_report(paths),
         "checks": checks,
         "mode": mode,
         "driver": driver,
@@ -219,6 +220,10 @@ def _print(report: dict[str, Any]) -> None:
             say(f"                looked in {place}")
     hip = report["hipfile"]
     say(f"hipFile       {'usable' if hip['usable'] else 'not usable'}: {hip['reason']}")
+    amd_here = any(r["ok"] for r in hip["requirements"] if r["topic"] in ("libhipfile", "HIP runtime"))
+    for req in hip["requirements"] if amd_here else ():  # all of them in --json
+        state = {True: "ok ", False: "NO ", None: "?  "}[req["ok"]]
+        say(f"  {state} {req['topic']}: {req['detail']}" + (f" (fix: {req['fix']})" if req["ok"] is False else ""))
     for name, check in report["checks"].items():
         say(f"{name:<13} {'ok ' if check['ok'] else 'NO '} {check['reason']}")
     say(f"mode          {report['mode']}")
