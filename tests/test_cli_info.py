@@ -39,6 +39,11 @@ def test_info_json_reports_library_checks_paths_and_engine(capsys, tmp_path):
     assert report["auto_engine"]["name"] in ("cufile", "hipfile", "posix") and report["auto_engine"]["reason"]
     assert all(p["fix"] for p in report["problems"])
     assert not new.parent.exists()
+    hip = report["hipfile"]
+    topics = {r["topic"] for r in hip["requirements"]}
+    assert {"libhipfile", "HIP runtime", "amdgpu", "kernel P2PDMA"} <= topics
+    assert f"path {tmp_path}: file system" in topics
+    assert all(r["fix"] for r in hip["requirements"] if r["ok"] is False)
 
 
 @pytest.mark.skipif(not NO_PROC_MODULES, reason="/proc/modules exists here; the hang hazard is absent")
