@@ -18,13 +18,12 @@ from typing import Any
 from . import _cufile_abi as abi
 from . import guard
 from ._lib import cufile
-from .errors import InvalidArgumentError, check_status
+from .errors import InvalidArgumentError, PygdsError, check_status
 from .memory import BufferView, as_buffer
 
 log = logging.getLogger(__name__)
 
 _lock = threading.RLock()
-_refs = 0
 
 
 @dataclass(frozen=True)
@@ -67,24 +66,49 @@ class DriverProperties:
         return out
 
 
-class Driver:
-    """A reference to the process-wide cuFile driver; a context manager.
+class DriverBase:
+    """What cuFile's and hipFile's drivers share: a reference to process-wide driver state, the
+    first reference opening it and the last `close()` closing it; size limits, poll mode and
+    parameters by name. Subclasses name their library (`api`, `_library`), check its status
+    structs, open and close it, and map parameter names."""
 
-    `Driver()` opens the driver if no other reference holds it open. It raises
-    `DriverUnavailableError` within a second where cuFile would hang or cannot work
-    (see `pygds.guard`), and `CuFileError` when `cuFileDriverOpen` fails.
-    """
+    api = ""
+    _refs = 0
+
+    @staticmethod
+    def _library() -> Any:
+        raise NotImplementedError
+
+    def _check(self, op: str, status: Any) -> None:
+        raise NotImplementedError
+
+    def _open_driver(self) -> None:
+        raise NotImplementedError
+
+    def _close_driver(self) -> None:
+        raise NotImplementedError
+
+    def _param(self, name: str) -> tuple[str, int]:
+        raise NotImplementedError
+
+    def _parameter_names(self) -> list[str]:
+        raise NotImplementedError
 
     def __init__(self) -> None:
-        global _refs
         self._open = False
+        cls = type(self)
         with _lock:
-            if _refs == 0:
-                guard.ensure_cufile_safe()
-                check_status("cuFileDriverOpen", cufile().cuFileDriverOpen())
-                log.debug("cuFile driver opened (libcufile %s)", cufile().version_string)
-            _refs += 1
+            if cls._refs == 0:
+                self._open_driver()
+            cls._refs += 1
             self._open = True
+
+    def _call(self, name: str, *args: Any) -> Any:
+        """`<api><name>(*args)`, e.g. `_call("DriverSetPollMode", ...)` → cuFileDriverSetPollMode."""
+        return getattr(self._library(), self.api + name)(*args)
+
+    def _checked(self, name: str, *args: Any, label: str = "") -> None:
+        self._check(f"{self.api}{name}{label}", self._call(name, *args))
 
     @property
     def closed(self) -> bool:
@@ -92,19 +116,17 @@ class Driver:
 
     def close(self) -> None:
         """Drop this reference; the last one closes the driver. Closing twice is harmless."""
-        global _refs
+        cls = type(self)
         with _lock:
             if not self._open:
                 return
             self._open = False
-            _refs -= 1
-            if _refs == 0:
-                lib = cufile()
-                close = lib.cuFileDriverClose_v2 if lib.has("cuFileDriverClose_v2") else lib.cuFileDriverClose
-                check_status("cuFileDriverClose", close())
-                log.debug("cuFile driver closed")
+            cls._refs -= 1
+            if cls._refs == 0:
+                self._close_driver()
+                log.debug("%s driver closed", self.api)
 
-    def __enter__(self) -> Driver:
+    def __enter__(self) -> Any:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -116,15 +138,107 @@ class Driver:
         except Exception:  # noqa: BLE001 - never raise from a finalizer
             pass
 
+    @classmethod
+    def use_count(cls) -> int:
+        """The reference count the library itself keeps (`cuFileUseCount` / `hipFileUseCount`)."""
+        return int(getattr(cls._library(), cls.api + "UseCount")())
+
+    def set_poll_mode(self, enabled: bool, threshold_kb: int = 4) -> None:
+        self._checked("DriverSetPollMode", bool(enabled), int(threshold_kb))
+
+    def set_max_direct_io_size(self, size_kb: int) -> None:
+        self._checked("DriverSetMaxDirectIOSize", int(size_kb))
+
+    def set_max_cache_size(self, size_kb: int) -> None:
+        self._checked("DriverSetMaxCacheSize", int(size_kb))
+
+    def set_max_pinned_mem_size(self, size_kb: int) -> None:
+        self._checked("DriverSetMaxPinnedMemSize", int(size_kb))
+
+    def get_parameter(self, name: str) -> int | bool | str:
+        """Read a parameter by its C enum name (for cuFile also without the `CUFILE_PARAM_` prefix)."""
+        kind, value = self._param(name)
+        label = f"({name})"
+        if kind == "size_t":
+            out = ctypes.c_size_t()
+            self._checked("GetParameterSizeT", value, ctypes.byref(out), label=label)
+            return int(out.value)
+        if kind == "bool":
+            flag = ctypes.c_bool()
+            self._checked("GetParameterBool", value, ctypes.byref(flag), label=label)
+            return bool(flag.value)
+        text = ctypes.create_string_buffer(4096)
+        self._checked("GetParameterString", value, text, len(text), label=label)
+        return text.value.decode(errors="replace")
+
+    def set_parameter(self, name: str, value: int | bool | str) -> None:
+        """Set a parameter by name; most take effect only when the driver next opens."""
+        kind, enum_value = self._param(name)
+        label = f"({name})"
+        if kind == "size_t":
+            self._checked("SetParameterSizeT", enum_value, int(value), label=label)
+        elif kind == "bool":
+            self._checked("SetParameterBool", enum_value, bool(value), label=label)
+        else:
+            self._checked("SetParameterString", enum_value, str(value).encode(), label=label)
+
+    def parameters(self) -> dict[str, int | bool | str]:
+        """Every parameter by name, or why it cannot be read."""
+        out: dict[str, int | bool | str] = {}
+        for name in self._parameter_names():
+            try:
+                out[name] = self.get_parameter(name)
+            except PygdsError as exc:
+                out[name] = f"unavailable: {exc}"
+        return out
+
+
+_CUFILE_PARAMETER_ENUMS = (("size_t", abi.CUFileSizeTConfigParameter_t), ("bool", abi.CUFileBoolConfigParameter_t),
+                           ("string", abi.CUFileStringConfigParameter_t))
+
+
+class Driver(DriverBase):
+    """A reference to the process-wide cuFile driver; a context manager.
+
+    `Driver()` opens the driver if no other reference holds it open. It raises
+    `DriverUnavailableError` within a second where cuFile would hang or cannot work
+    (see `pygds.guard`), and `CuFileError` when `cuFileDriverOpen` fails.
+    """
+
+    api = "cuFile"
+    _refs = 0
+
     @staticmethod
-    def use_count() -> int:
-        """`cuFileUseCount()`: how many users libcufile itself counts."""
-        return int(cufile().cuFileUseCount())
+    def _library() -> Any:
+        return cufile()
+
+    def _check(self, op: str, status: Any) -> None:
+        check_status(op, status)
+
+    def _open_driver(self) -> None:
+        guard.ensure_cufile_safe()
+        self._checked("DriverOpen")
+        log.debug("cuFile driver opened (libcufile %s)", cufile().version_string)
+
+    def _close_driver(self) -> None:
+        lib = cufile()
+        close = lib.cuFileDriverClose_v2 if lib.has("cuFileDriverClose_v2") else lib.cuFileDriverClose
+        check_status("cuFileDriverClose", close())
+
+    def _param(self, name: str) -> tuple[str, int]:
+        full = name if name.startswith("CUFILE_PARAM_") else "CUFILE_PARAM_" + name.upper()
+        for kind, enum in _CUFILE_PARAMETER_ENUMS:
+            if full in enum.__members__:
+                return kind, int(enum[full])
+        raise InvalidArgumentError(f"unknown cuFile parameter {name!r}; known: CUFILE_PARAM_* names of cufile.h")
+
+    def _parameter_names(self) -> list[str]:
+        return [member.name for _, enum in _CUFILE_PARAMETER_ENUMS for member in enum]
 
     @property
     def properties(self) -> DriverProperties:
         props = abi.CUfileDrvProps_t()
-        check_status("cuFileDriverGetProperties", cufile().cuFileDriverGetProperties(ctypes.byref(props)))
+        self._checked("DriverGetProperties", ctypes.byref(props))
         n = props.nvfs
         return DriverProperties(
             n.major_version, n.minor_version, n.poll_thresh_size, n.max_direct_io_size,
@@ -132,72 +246,18 @@ class Driver:
             props.per_buffer_cache_size, props.max_device_pinned_mem_size,
             props.max_batch_io_size, props.max_batch_io_timeout_msecs)
 
-    def set_poll_mode(self, enabled: bool, threshold_kb: int = 4) -> None:
-        check_status("cuFileDriverSetPollMode", cufile().cuFileDriverSetPollMode(bool(enabled), int(threshold_kb)))
-
-    def set_max_direct_io_size(self, size_kb: int) -> None:
-        check_status("cuFileDriverSetMaxDirectIOSize", cufile().cuFileDriverSetMaxDirectIOSize(int(size_kb)))
-
-    def set_max_cache_size(self, size_kb: int) -> None:
-        check_status("cuFileDriverSetMaxCacheSize", cufile().cuFileDriverSetMaxCacheSize(int(size_kb)))
-
-    def set_max_pinned_mem_size(self, size_kb: int) -> None:
-        check_status("cuFileDriverSetMaxPinnedMemSize", cufile().cuFileDriverSetMaxPinnedMemSize(int(size_kb)))
-
     def register(self, buf: object, nbytes: int | None = None, flags: int = 0) -> RegisteredBuffer:
         """Register `buf` with cuFile for the lifetime of the returned object."""
         return RegisteredBuffer(buf, nbytes, flags=flags, driver=self)
 
-    # -- parameters (cuFileGet/SetParameter*) ------------------------------------------------
-    def get_parameter(self, name: str) -> int | bool | str:
-        """Read a cuFile parameter by its `CUFILE_PARAM_*` name (with or without the prefix)."""
-        kind, value = _param(name)
-        lib = cufile()
-        if kind == "size_t":
-            out = ctypes.c_size_t()
-            check_status(f"cuFileGetParameterSizeT({name})", lib.cuFileGetParameterSizeT(value, ctypes.byref(out)))
-            return int(out.value)
-        if kind == "bool":
-            flag = ctypes.c_bool()
-            check_status(f"cuFileGetParameterBool({name})", lib.cuFileGetParameterBool(value, ctypes.byref(flag)))
-            return bool(flag.value)
-        text = ctypes.create_string_buffer(4096)
-        check_status(f"cuFileGetParameterString({name})", lib.cuFileGetParameterString(value, text, len(text)))
-        return text.value.decode(errors="replace")
-
-    def set_parameter(self, name: str, value: int | bool | str) -> None:
-        """Set a cuFile parameter by name; cuFile accepts most only before the driver opens."""
-        kind, enum_value = _param(name)
-        lib = cufile()
-        if kind == "size_t":
-            check_status(f"cuFileSetParameterSizeT({name})", lib.cuFileSetParameterSizeT(enum_value, int(value)))
-        elif kind == "bool":
-            check_status(f"cuFileSetParameterBool({name})", lib.cuFileSetParameterBool(enum_value, bool(value)))
-        else:
-            check_status(f"cuFileSetParameterString({name})",
-                         lib.cuFileSetParameterString(enum_value, str(value).encode()))
-
     def parameter_range(self, name: str) -> tuple[int, int]:
         """`cuFileGetParameterMinMaxValue` for a size_t parameter."""
-        kind, value = _param(name)
+        kind, value = self._param(name)
         if kind != "size_t":
             raise InvalidArgumentError(f"{name} is a {kind} parameter; only size_t parameters have a range")
         lo, hi = ctypes.c_size_t(), ctypes.c_size_t()
-        check_status(f"cuFileGetParameterMinMaxValue({name})",
-                     cufile().cuFileGetParameterMinMaxValue(value, ctypes.byref(lo), ctypes.byref(hi)))
+        self._checked("GetParameterMinMaxValue", value, ctypes.byref(lo), ctypes.byref(hi), label=f"({name})")
         return int(lo.value), int(hi.value)
-
-    def parameters(self) -> dict[str, int | bool | str]:
-        """Every readable parameter by name."""
-        out: dict[str, int | bool | str] = {}
-        for enum in (abi.CUFileSizeTConfigParameter_t, abi.CUFileBoolConfigParameter_t,
-                     abi.CUFileStringConfigParameter_t):
-            for member in enum:
-                try:
-                    out[member.name] = self.get_parameter(member.name)
-                except Exception as exc:  # noqa: BLE001 - report, not fail, unreadable ones
-                    out[member.name] = f"unavailable: {exc}"
-        return out
 
 
 _shared: Driver | None = None
@@ -230,16 +290,7 @@ def close_shared() -> None:
             _shared = None
 
 
-def _param(name: str) -> tuple[str, int]:
-    full = name if name.startswith("CUFILE_PARAM_") else "CUFILE_PARAM_" + name.upper()
-    for kind, enum in (("size_t", abi.CUFileSizeTConfigParameter_t), ("bool", abi.CUFileBoolConfigParameter_t),
-                       ("string", abi.CUFileStringConfigParameter_t)):
-        if full in enum.__members__:
-            return kind, int(enum[full])
-    raise InvalidArgumentError(f"unknown cuFile parameter {name!r}; known: CUFILE_PARAM_* names of cufile.h")
-
-
-class _Registry:
+class Registry:
     """Address ranges of registered buffers, to find the registration that holds a view."""
 
     def __init__(self) -> None:
@@ -268,25 +319,32 @@ class _Registry:
             return None
 
 
-registry = _Registry()
+registry = Registry()
 
 
-class RegisteredBuffer:
-    """Memory registered with `cuFileBufRegister` until `close()`; a context manager.
+class RegisteredBufferBase:
+    """Memory registered with the library's `BufRegister` until `close()`; a context manager.
 
-    Any `File` read or write into memory inside this range passes the registered base and an
-    offset to cuFile, so no bounce buffer is involved.
+    Any read or write into memory inside the range passes the registered base and an offset, so
+    no bounce buffer is involved. Subclasses name their driver class and registry.
     """
 
+    driver_class: type[DriverBase] = DriverBase
+    registry: Registry
+
     def __init__(self, buf: object, nbytes: int | None = None, *, flags: int = 0,
-                 driver: Driver | None = None) -> None:
+                 driver: DriverBase | None = None) -> None:
         self.view: BufferView = as_buffer(buf, nbytes)
-        self._driver = Driver() if driver is None else None
         self._registered = False
-        check_status("cuFileBufRegister",
-                     cufile().cuFileBufRegister(ctypes.c_void_p(self.view.ptr), self.view.nbytes, flags))
+        self._own_driver = self.driver_class() if driver is None else None
+        self._driver = driver or self._own_driver
+        try:
+            self._driver._checked("BufRegister", ctypes.c_void_p(self.view.ptr), self.view.nbytes, flags)
+        except BaseException:
+            self.close()
+            raise
         self._registered = True
-        registry.add(self.view.ptr, self.view.ptr + self.view.nbytes)
+        self.registry.add(self.view.ptr, self.view.ptr + self.view.nbytes)
 
     @property
     def ptr(self) -> int:
@@ -300,13 +358,13 @@ class RegisteredBuffer:
         """Deregister (once) and drop the driver reference this buffer took."""
         if self._registered:
             self._registered = False
-            registry.remove(self.view.ptr)
-            check_status("cuFileBufDeregister", cufile().cuFileBufDeregister(ctypes.c_void_p(self.view.ptr)))
-        if self._driver is not None:
-            self._driver.close()
-            self._driver = None
+            self.registry.remove(self.view.ptr)
+            self._driver._checked("BufDeregister", ctypes.c_void_p(self.view.ptr))
+        if self._own_driver is not None:
+            self._own_driver.close()
+            self._own_driver = None
 
-    def __enter__(self) -> RegisteredBuffer:
+    def __enter__(self) -> Any:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -317,3 +375,14 @@ class RegisteredBuffer:
             self.close()
         except Exception:  # noqa: BLE001 - never raise from a finalizer
             pass
+
+
+class RegisteredBuffer(RegisteredBufferBase):
+    """Memory registered with `cuFileBufRegister` until `close()`; a context manager.
+
+    Any `File` read or write into memory inside this range passes the registered base and an
+    offset to cuFile, so no bounce buffer is involved.
+    """
+
+    driver_class = Driver
+    registry = registry

@@ -25,15 +25,15 @@ import gzip
 import logging
 import os
 import re
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from .. import _cufile_abi as cu_abi
 from .. import _hipfile_abi as abi
 from .. import fsinfo, guard
 from .._lib import HIPFILE_SPEC, hipfile
-from ..driver import DriverProperties, _Registry
+from ..driver import DriverBase, DriverProperties, RegisteredBufferBase, Registry
 from ..errors import (
     HipFileError,
     InvalidArgumentError,
@@ -71,9 +71,7 @@ def usable() -> guard.Check:
 
 
 # --- the driver ----------------------------------------------------------------------------------
-_lock = threading.RLock()
-_refs = 0
-registry = _Registry()  # address ranges registered with hipFileBufRegister
+registry = Registry()  # address ranges registered with hipFileBufRegister
 
 
 def _check(op: str, status: abi.hipFileError_t, *, path: str | None = None) -> None:
@@ -87,7 +85,7 @@ def _check(op: str, status: abi.hipFileError_t, *, path: str | None = None) -> N
     check_hipfile_status(op, status, path=path)
 
 
-class HipFileDriver:
+class HipFileDriver(DriverBase):
     """A reference to the process-wide hipFile driver; a context manager (`pygds.Driver`'s twin).
 
     The first reference loads libhipfile (`LibraryNotFoundError` listing where it looked), runs the
@@ -95,56 +93,36 @@ class HipFileDriver:
     and calls hipFileDriverOpen; the last `close()` closes it.
     """
 
-    def __init__(self) -> None:
-        global _refs
-        self._open = False
-        with _lock:
-            if _refs == 0:
-                lib = hipfile()  # loading calls nothing that needs a GPU: report a missing library first
-                guard.ensure_hipfile_safe()
-                _check("hipFileDriverOpen", lib.hipFileDriverOpen())
-                log.debug("hipFile driver opened (libhipfile %s)", lib.version_string)
-            _refs += 1
-            self._open = True
-
-    @property
-    def closed(self) -> bool:
-        return not self._open
-
-    def close(self) -> None:
-        """Drop this reference; the last one closes the driver. Closing twice is harmless."""
-        global _refs
-        with _lock:
-            if not self._open:
-                return
-            self._open = False
-            _refs -= 1
-            if _refs == 0:
-                _check("hipFileDriverClose", hipfile().hipFileDriverClose())
-                log.debug("hipFile driver closed")
-
-    def __enter__(self) -> HipFileDriver:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finalizer
-            pass
+    api = "hipFile"
+    _refs = 0
 
     @staticmethod
-    def use_count() -> int:
-        """`hipFileUseCount()`: the reference count libhipfile itself keeps."""
-        return int(hipfile().hipFileUseCount())
+    def _library() -> Any:
+        return hipfile()
+
+    def _check(self, op: str, status: Any) -> None:
+        _check(op, status)
+
+    def _open_driver(self) -> None:
+        lib = hipfile()  # loading calls nothing that needs a GPU: report a missing library first
+        guard.ensure_hipfile_safe()
+        self._checked("DriverOpen")
+        log.debug("hipFile driver opened (libhipfile %s)", lib.version_string)
+
+    def _close_driver(self) -> None:
+        self._checked("DriverClose")
+
+    def _param(self, name: str) -> tuple[str, int]:
+        return _param(name)
+
+    def _parameter_names(self) -> list[str]:
+        return [member.name for _, enum, _ in _PARAMETER_ENUMS for member in enum]
 
     @property
     def properties(self) -> DriverProperties:
         """`hipFileDriverGetProperties` as `pygds.DriverProperties` (the flag bits mean what cuFile's do)."""
         props = abi.hipFileDriverProps_t()
-        _check("hipFileDriverGetProperties", hipfile().hipFileDriverGetProperties(ctypes.byref(props)))
+        self._checked("DriverGetProperties", ctypes.byref(props))
         n = props.nvfs
         return DriverProperties(
             n.major_version, n.minor_version, n.poll_thresh_size, n.max_direct_io_size,
@@ -152,67 +130,15 @@ class HipFileDriver:
             props.per_buffer_cache_size, props.max_device_pinned_mem_size, props.max_batch_io_count,
             props.max_batch_io_timeout_msecs)
 
-    def set_poll_mode(self, enabled: bool, threshold_kb: int = 4) -> None:
-        _check("hipFileDriverSetPollMode", hipfile().hipFileDriverSetPollMode(bool(enabled), int(threshold_kb)))
-
-    def set_max_direct_io_size(self, size_kb: int) -> None:
-        _check("hipFileDriverSetMaxDirectIOSize", hipfile().hipFileDriverSetMaxDirectIOSize(int(size_kb)))
-
-    def set_max_cache_size(self, size_kb: int) -> None:
-        _check("hipFileDriverSetMaxCacheSize", hipfile().hipFileDriverSetMaxCacheSize(int(size_kb)))
-
-    def set_max_pinned_mem_size(self, size_kb: int) -> None:
-        _check("hipFileDriverSetMaxPinnedMemSize", hipfile().hipFileDriverSetMaxPinnedMemSize(int(size_kb)))
-
     def register(self, buf: object, nbytes: int | None = None, flags: int = 0) -> HipFileRegisteredBuffer:
         """Register `buf` with hipFile for the lifetime of the returned object."""
         return HipFileRegisteredBuffer(buf, nbytes, flags=flags, driver=self)
-
-    # -- parameters (hipFileGet/SetParameter*) -----------------------------------------------
-    def get_parameter(self, name: str) -> int | bool | str:
-        """Read a parameter by its hipFileParam* name, or by the cuFile CUFILE_PARAM_* name of the same one."""
-        kind, value = _param(name)
-        lib = hipfile()
-        if kind == "size_t":
-            out = ctypes.c_size_t()
-            _check(f"hipFileGetParameterSizeT({name})", lib.hipFileGetParameterSizeT(value, ctypes.byref(out)))
-            return int(out.value)
-        if kind == "bool":
-            flag = ctypes.c_bool()
-            _check(f"hipFileGetParameterBool({name})", lib.hipFileGetParameterBool(value, ctypes.byref(flag)))
-            return bool(flag.value)
-        text = ctypes.create_string_buffer(4096)
-        _check(f"hipFileGetParameterString({name})", lib.hipFileGetParameterString(value, text, len(text)))
-        return text.value.decode(errors="replace")
-
-    def set_parameter(self, name: str, value: int | bool | str) -> None:
-        """Set a parameter by name; hipFile applies parameters when the driver next opens."""
-        kind, enum_value = _param(name)
-        lib = hipfile()
-        if kind == "size_t":
-            _check(f"hipFileSetParameterSizeT({name})", lib.hipFileSetParameterSizeT(enum_value, int(value)))
-        elif kind == "bool":
-            _check(f"hipFileSetParameterBool({name})", lib.hipFileSetParameterBool(enum_value, bool(value)))
-        else:
-            _check(f"hipFileSetParameterString({name})",
-                   lib.hipFileSetParameterString(enum_value, str(value).encode()))
 
     def parameter_range(self, name: str) -> tuple[int, int]:
         """cuFileGetParameterMinMaxValue has no hipFile counterpart."""
         _param(name)
         raise NotSupportedError(f"parameter ranges are not supported by hipFile: hipfile.h has no counterpart of "
                                 f"cuFileGetParameterMinMaxValue (asked for {name})")
-
-    def parameters(self) -> dict[str, int | bool | str]:
-        """Every parameter by name, or why it cannot be read."""
-        out: dict[str, int | bool | str] = {}
-        for _, enum, _ in _PARAMETER_ENUMS:
-            for member in enum:
-                try:
-                    out[member.name] = self.get_parameter(member.name)
-                except PygdsError as exc:
-                    out[member.name] = f"unavailable: {exc}"
-        return out
 
 
 _PARAMETER_ENUMS = (
@@ -239,56 +165,15 @@ def _param(name: str) -> tuple[str, int]:
                                "(or the CUFILE_PARAM_* name of the same cuFile parameter)")
 
 
-class HipFileRegisteredBuffer:
+class HipFileRegisteredBuffer(RegisteredBufferBase):
     """Memory registered with `hipFileBufRegister` until `close()`; a context manager.
 
     Reads and writes into memory inside this range pass the registered base and an offset to
     hipFile. hipFile registers device memory and pinned host memory, not pageable or managed memory.
     """
 
-    def __init__(self, buf: object, nbytes: int | None = None, *, flags: int = 0,
-                 driver: HipFileDriver | None = None) -> None:
-        self.view: BufferView = as_buffer(buf, nbytes)
-        self._driver = HipFileDriver() if driver is None else None
-        self._registered = False
-        try:
-            _check("hipFileBufRegister",
-                   hipfile().hipFileBufRegister(ctypes.c_void_p(self.view.ptr), self.view.nbytes, flags))
-        except BaseException:
-            self.close()
-            raise
-        self._registered = True
-        registry.add(self.view.ptr, self.view.ptr + self.view.nbytes)
-
-    @property
-    def ptr(self) -> int:
-        return self.view.ptr
-
-    @property
-    def nbytes(self) -> int:
-        return self.view.nbytes
-
-    def close(self) -> None:
-        """Deregister (once) and drop the driver reference this buffer took."""
-        if self._registered:
-            self._registered = False
-            registry.remove(self.view.ptr)
-            _check("hipFileBufDeregister", hipfile().hipFileBufDeregister(ctypes.c_void_p(self.view.ptr)))
-        if self._driver is not None:
-            self._driver.close()
-            self._driver = None
-
-    def __enter__(self) -> HipFileRegisteredBuffer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finalizer
-            pass
+    driver_class = HipFileDriver
+    registry = registry
 
 
 # --- the engine handle ---------------------------------------------------------------------------
