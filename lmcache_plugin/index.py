@@ -183,7 +183,7 @@ class Scanner:
         *,
         tmp_max_age_s: float = 3600.0,
         stat_bases: Iterable[str] = (),
-        threads: int = 4,
+        threads: int = 2,
     ) -> None:
         self.layout = layout
         self.index = index
@@ -269,6 +269,8 @@ class Scanner:
         subdirs: list[str] = []
         stale = 0
         now = time.time()
+        meta_suffix = self.layout.metadata_suffix
+        meta_cut = len(meta_suffix)
         try:
             with os.scandir(directory) as it:
                 for e in it:
@@ -276,16 +278,16 @@ class Scanner:
                     if depth == 1 and 1 <= len(name) <= 2 and e.is_dir(follow_symlinks=False):
                         subdirs.append(e.path)
                         continue
-                    if is_tmp_name(name):
+                    if ".tmp" in name and is_tmp_name(name):
                         stale += self._remove_if_stale(e, now)
+                        continue
+                    if name.endswith(meta_suffix):
+                        # only ever looked up with validated data stems: no need to validate it
+                        metas.add(name[:-meta_cut])
                         continue
                     stem = self.layout.stem_of_data_name(name)
                     if stem is not None:
                         data[stem] = e
-                        continue
-                    stem = self.layout.stem_of_metadata_name(name)
-                    if stem is not None:
-                        metas.add(stem)
         except FileNotFoundError:
             return
         except OSError as exc:

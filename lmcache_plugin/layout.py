@@ -42,6 +42,11 @@ MAX_DATA_NAME = MAX_NAME_BYTES - len(METADATA_SUFFIX) - _TMP_SUFFIX_LEN
 
 BOUNDED_MARK = "+"
 _TMP_RE = re.compile(r"\.tmp[0-9a-f]{8}$")
+# What quote(key, safe="") can produce: unreserved characters and upper-case %XX escapes, never
+# an escape of an unreserved character; escapes of bytes >= 0x80 must also form valid UTF-8.
+_QUOTED_RE = re.compile(r"(?:[A-Za-z0-9_.~-]|%[0-9A-F]{2})+")
+_NEEDLESS_ESCAPE_RE = re.compile(r"%(?:2D|2E|3[0-9]|4[1-9A-F]|5[0-9A]|5F|6[1-9A-F]|7[0-9A]|7E)")
+_HIGH_ESCAPE_RE = re.compile(r"%[89A-F][0-9A-F]")
 
 
 class InvalidKeyError(ValueError):
@@ -168,9 +173,14 @@ class Layout:
         stem = name[: -len(self.data_suffix)]
         if is_bounded_stem(stem):
             return stem if len(name.encode()) <= MAX_DATA_NAME else None
-        key = key_from_stem(stem)
-        if key is None or urllib.parse.quote(key, safe="") != stem:
+        # The scan runs this on every name: regular expressions decide ASCII keys (nearly all);
+        # only keys with non-ASCII characters pay for an unquote/quote round trip.
+        if not _QUOTED_RE.fullmatch(stem) or _NEEDLESS_ESCAPE_RE.search(stem):
             return None
+        if _HIGH_ESCAPE_RE.search(stem):
+            key = key_from_stem(stem)
+            if key is None or urllib.parse.quote(key, safe="") != stem:
+                return None
         return stem
 
     def stem_of_metadata_name(self, name: str) -> str | None:

@@ -183,3 +183,23 @@ def test_candidate_paths_put_the_write_path_first():
     assert [b for b, _ in layout.candidate_paths("k", 1)] == ["/c", "/a", "/b"]
     with pytest.raises(ValueError, match="device id"):
         Layout("/a", device_id=-1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=40))
+def test_name_check_agrees_with_the_quote_round_trip(text):
+    """The scan's fast name check accepts exactly the stems some key quotes to."""
+    import urllib.parse
+
+    layout = Layout("/c")
+    quoted = urllib.parse.quote(text, safe="")
+    assert layout.stem_of_data_name(quoted + DATA_SUFFIX) == quoted
+    for stem in (text, quoted.lower(), quoted.replace("%", "%25"), "a%41", quoted + "%C3"):
+        if is_bounded_stem(stem):  # the other form of name (long keys), checked on its own
+            continue
+        try:
+            exact = urllib.parse.quote(urllib.parse.unquote(stem, errors="strict"), safe="") == stem
+        except UnicodeDecodeError:
+            exact = False
+        exact = exact and stem.isascii()
+        assert (layout.stem_of_data_name(stem + DATA_SUFFIX) == stem) == exact, stem
