@@ -2,8 +2,9 @@
 
 Opened by path and mode, registered once, closed explicitly (or by `with`). `read`/`write` move
 bytes synchronously and return the count; `pread`/`pwrite` return futures. Requests larger than
-the task size are split over the shared pool (`pygds.pool`). Short reads at end of file are
-returned, never hidden; a short write raises.
+the task size are split over the shared pool (`pygds.pool`), a synchronous caller working through
+the pieces too; buffered POSIX writes from host memory go in one call instead (the file system
+serialises them anyway). Short reads at end of file are returned, never hidden; a short write raises.
 """
 from __future__ import annotations
 
@@ -132,17 +133,21 @@ class File:
     # -- argument checks -----------------------------------------------------------------
     def _prepare(self, buf: object, size: int | None, file_offset: int, buf_offset: int,
                  *, writing: bool) -> tuple[EngineHandle, BufferView, int]:
-        handle = self._live()
+        handle = self._handle
+        if handle is None:
+            raise FileClosedError(f"I/O on closed file {self.path}; open a new pygds.File")
         if writing and self.mode == "r":
             raise IOFailedError(errno.EBADF, f"cannot write to {self.path}: it was opened read-only "
                                              "(mode 'r'); open it with 'r+', 'w' or 'a'")
-        for name, value in (("file_offset", file_offset), ("buf_offset", buf_offset)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InvalidArgumentError(f"{name} must be a non-negative int, got {value!r}")
+        # `type(x) is int` is the fast test (it also refuses bool); anything else gets the full check
+        if not (type(file_offset) is int and type(buf_offset) is int and file_offset >= 0 and buf_offset >= 0):
+            for name, value in (("file_offset", file_offset), ("buf_offset", buf_offset)):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise InvalidArgumentError(f"{name} must be a non-negative int, got {value!r}")
         view = buf if isinstance(buf, BufferView) else as_buffer(buf, writable=not writing)
         if size is None:
             size = view.nbytes - buf_offset
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        if not (type(size) is int and size >= 0):
             raise InvalidArgumentError(f"size must be a non-negative int, got {size!r}")
         if buf_offset + size > view.nbytes:
             raise InvalidArgumentError(f"the buffer holds {view.nbytes} bytes but the request needs "
@@ -158,41 +163,44 @@ class File:
     def read(self, buf: object, size: int | None = None, file_offset: int = 0, buf_offset: int = 0) -> int:
         """Read into `buf`; returns the bytes read, fewer than `size` only at end of file."""
         handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=False)
-        if size <= pool.task_size() or pool.in_worker():
+        if pool.inline(size):
             return _read_full(handle, view, size, file_offset, buf_offset, self.path)
-        return self._split(handle, view, size, file_offset, buf_offset, writing=False).result()
+        return self._split(handle, view, size, file_offset, buf_offset, writing=False, caller_helps=True).result()
 
     def write(self, buf: object, size: int | None = None, file_offset: int = 0, buf_offset: int = 0) -> int:
         """Write from `buf`; returns the bytes written (all of them, or an exception)."""
         handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=True)
-        if size <= pool.task_size() or pool.in_worker():
+        if pool.inline(size) or self._serial_write(handle, view):
             return _write_full(handle, view, size, file_offset, buf_offset, self.path)
-        return self._split(handle, view, size, file_offset, buf_offset, writing=True).result()
+        return self._split(handle, view, size, file_offset, buf_offset, writing=True, caller_helps=True).result()
 
     # -- futures ----------------------------------------------------------------------------
     def pread(self, buf: object, size: int | None = None, file_offset: int = 0, buf_offset: int = 0) -> Future:
         """Like `read`, but returns a `concurrent.futures.Future` of the byte count."""
         handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=False)
-        return self._split(handle, view, size, file_offset, buf_offset, writing=False)
+        return self._split(handle, view, size, file_offset, buf_offset, writing=False, caller_helps=False)
 
     def pwrite(self, buf: object, size: int | None = None, file_offset: int = 0, buf_offset: int = 0) -> Future:
         """Like `write`, but returns a `concurrent.futures.Future` of the byte count."""
         handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=True)
-        return self._split(handle, view, size, file_offset, buf_offset, writing=True)
+        return self._split(handle, view, size, file_offset, buf_offset, writing=True, caller_helps=False)
+
+    def _serial_write(self, handle: EngineHandle, view: BufferView) -> bool:
+        """Buffered POSIX writes from host memory go in one call: local Linux file systems (ext4,
+        XFS, btrfs) hold the inode lock through a buffered write, so split tasks would only queue
+        for it and add their own cost (measured in BENCHMARKS.md)."""
+        return self.direct_fd is None and handle.engine == "posix" and view.kind != "device"
 
     def _split(self, handle: EngineHandle, view: BufferView, size: int, file_offset: int, buf_offset: int,
-               *, writing: bool) -> Future:
-        step = pool.task_size()
-        parts = []
-        for start in range(0, max(size, 1), step):
-            n = min(step, size - start)
-            if writing:
-                parts.append(pool.submit(_write_full, handle, view, n, file_offset + start, buf_offset + start,
-                                         self.path))
-            else:
-                parts.append(pool.submit(_read_full, handle, view, n, file_offset + start, buf_offset + start,
-                                         self.path))
-        return parts[0] if len(parts) == 1 else pool.gather(parts)
+               *, writing: bool, caller_helps: bool) -> Future:
+        full = _write_full if writing else _read_full
+        path = self.path
+
+        def part(start: int, n: int) -> int:
+            return full(handle, view, n, file_offset + start, buf_offset + start, path)
+
+        step = max(size, 1) if writing and self._serial_write(handle, view) else None
+        return pool.split(part, size, caller_helps=caller_helps, step=step)
 
     # -- stream-ordered ---------------------------------------------------------------------
     def read_async(self, buf: object, size: int | None = None, file_offset: int = 0, buf_offset: int = 0,
@@ -268,9 +276,12 @@ def _os_failure(exc: OSError, op: str, path: str, done: int, size: int, file_off
 
 def _read_full(handle: EngineHandle, view: BufferView, size: int, file_offset: int, buf_offset: int,
                path: str = "") -> int:
+    """Read until `size` bytes or end of file: one engine call unless it comes back short."""
     done = 0
     try:
-        while done < size:
+        if size:
+            done = handle.read(view, size, file_offset, buf_offset)
+        while 0 < done < size:
             got = handle.read(view, size - done, file_offset + done, buf_offset + done)
             if got <= 0:
                 break

@@ -2,7 +2,9 @@
 
 Like KvikIO: a request larger than the task size becomes tasks of that size run on one process-wide
 pool. `PYGDS_NTHREADS` (default 4) and `PYGDS_TASK_SIZE` (bytes, default 4 MiB) set the defaults;
-`set_num_threads` / `set_task_size` change them at run time.
+`set_num_threads` / `set_task_size` change them at run time. A synchronous request's own thread
+works through the tasks too instead of only waiting, so it is never held up by pool threads that
+are slow to start (busy machine, few cores), and one thread does it all when the count is 1.
 """
 from __future__ import annotations
 
@@ -14,7 +16,13 @@ from typing import Callable
 from .errors import InvalidArgumentError
 
 _lock = threading.Lock()
-_local = threading.local()
+
+
+class _ThreadState(threading.local):
+    worker = False  # a class default: looking it up never raises, which keeps `inline` cheap
+
+
+_local = _ThreadState()
 
 
 def _env_int(name: str, default: int) -> int:
@@ -67,12 +75,14 @@ def _mark_worker() -> None:
     _local.worker = True
 
 
-def in_worker() -> bool:
-    """True on a pool thread: nested requests run inline there so the pool cannot deadlock."""
-    return getattr(_local, "worker", False)
+def inline(size: int) -> bool:
+    """True when a synchronous request of `size` bytes runs as one task on the calling thread: it
+    fits in one task, or the caller is a pool thread (nested requests run inline so the pool
+    cannot deadlock)."""
+    return size <= _task_size or _local.worker
 
 
-def submit(fn: Callable[..., int], *args: object) -> Future:
+def submit(fn: Callable[..., object], *args: object) -> Future:
     global _executor
     with _lock:
         if _executor is None:
@@ -81,25 +91,65 @@ def submit(fn: Callable[..., int], *args: object) -> Future:
     return executor.submit(fn, *args)
 
 
-def gather(parts: list[Future]) -> Future:
-    """One future whose result is the sum of `parts`' results, or the first error."""
-    out: Future = Future()
-    remaining = [len(parts)]
-    lock = threading.Lock()
+class _Parts:
+    """One request's tasks, taken one at a time by pool threads and, when synchronous, the caller.
 
-    def done(_: Future) -> None:
-        with lock:
-            remaining[0] -= 1
-            if remaining[0]:
-                return
-        errors = [p.exception() for p in parts if p.exception() is not None]
-        if errors:
-            out.set_exception(errors[0])
-        else:
-            out.set_result(sum(p.result() for p in parts))
+    The future gets the sum of the tasks' results, or the first error; after an error no further
+    task starts.
+    """
 
-    if not parts:
-        out.set_result(0)
-    for p in parts:
-        p.add_done_callback(done)
-    return out
+    def __init__(self, task: Callable[[int, int], int], size: int, step: int) -> None:
+        self.task, self.size, self.step = task, size, step
+        self.count = max(1, -(-size // step))
+        self.next = 0
+        self.left = self.count
+        self.total = 0
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+        self.future: Future = Future()
+
+    def work(self) -> None:
+        lock, step, size = self.lock, self.step, self.size
+        while True:
+            with lock:
+                i = self.next
+                if i >= self.count:
+                    return
+                self.next = i + 1
+            start = i * step
+            error = None
+            try:
+                got = self.task(start, min(step, size - start))
+            except BaseException as exc:  # noqa: BLE001 - handed to the future, raised by its result()
+                got, error = 0, exc
+            with lock:
+                self.total += got
+                if error is not None and self.error is None:
+                    self.error = error
+                    self.left -= self.count - self.next  # the tasks nobody took will never run
+                    self.next = self.count
+                self.left -= 1
+                finished = self.left == 0
+            if finished:
+                if self.error is not None:
+                    self.future.set_exception(self.error)
+                else:
+                    self.future.set_result(self.total)
+
+
+def split(task: Callable[[int, int], int], size: int, *, caller_helps: bool, step: int | None = None) -> Future:
+    """Run `task(start, n)` over [0, size) in `step`-byte pieces (default: the task size) on the
+    pool; a future of the sum.
+
+    With `caller_helps` the calling thread works through the pieces too before this returns (the
+    future is then done or nearly so); the pool lends at most `num_threads() - 1` threads more, so
+    `num_threads()` threads work on one request in all. Without it (futures API) the pool lends up
+    to `num_threads()` threads and this returns at once.
+    """
+    parts = _Parts(task, size, step or _task_size)
+    own = 1 if caller_helps else 0
+    for _ in range(min(_threads, parts.count) - own):
+        submit(parts.work)
+    if caller_helps:
+        parts.work()
+    return parts.future

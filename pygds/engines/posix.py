@@ -91,12 +91,12 @@ class PosixHandle(EngineHandle):
     # -- host memory -------------------------------------------------------------------------
     def _host_read(self, ptr: int, size: int, file_offset: int) -> int:
         if self.direct_fd is None:
-            return _full(lambda p, n, o: os.preadv(self.fd, [host_array(p, n)], o), ptr, size, file_offset)
+            return _full(os.preadv, self.fd, ptr, size, file_offset)
         return self._direct_split(ptr, size, file_offset, read=True)
 
     def _host_write(self, ptr: int, size: int, file_offset: int) -> int:
         if self.direct_fd is None:
-            return _full(lambda p, n, o: os.pwritev(self.fd, [host_array(p, n)], o), ptr, size, file_offset)
+            return _full(os.pwritev, self.fd, ptr, size, file_offset)
         return self._direct_split(ptr, size, file_offset, read=False)
 
     def _direct_split(self, ptr: int, size: int, file_offset: int, *, read: bool) -> int:
@@ -115,7 +115,7 @@ class PosixHandle(EngineHandle):
             if direct:
                 got = self._direct_middle(p, n, off, read=read)
             else:
-                got = _full(lambda q, m, o: buffered(self.fd, [host_array(q, m)], o), p, n, off)
+                got = _full(buffered, self.fd, p, n, off)
             done += got
             if got < n:
                 break
@@ -126,7 +126,7 @@ class PosixHandle(EngineHandle):
         fd = self.direct_fd
         call = os.preadv if read else os.pwritev
         if ptr % DIRECT_ALIGNMENT == 0:
-            return _full(lambda p, n, o: call(fd, [host_array(p, n)], o), ptr, size, file_offset)
+            return _full(call, fd, ptr, size, file_offset)
         pool = bounce_pool()
         stage = pool.acquire()
         try:
@@ -134,7 +134,7 @@ class PosixHandle(EngineHandle):
             for rel, n in _chunks(size, stage.nbytes):
                 if not read:
                     ctypes.memmove(stage.ptr, ptr + rel, n)
-                got = _full(lambda p, m, o: call(fd, [host_array(p, m)], o), stage.ptr, n, file_offset + rel)
+                got = _full(call, fd, stage.ptr, n, file_offset + rel)
                 if read:
                     ctypes.memmove(ptr + rel, stage.ptr, got)
                 done += got
@@ -182,11 +182,11 @@ class PosixHandle(EngineHandle):
         """Nothing to release: the file descriptors belong to the `File`."""
 
 
-def _full(call: Callable[[int, int, int], int], ptr: int, size: int, offset: int) -> int:
-    """Repeat a pread/pwrite-like call until `size` bytes moved or it returns 0 (end of file)."""
+def _full(call: Callable[[int, list, int], int], fd: int, ptr: int, size: int, offset: int) -> int:
+    """Repeat `os.preadv`/`os.pwritev` on `fd` until `size` bytes moved or it returns 0 (end of file)."""
     done = 0
     while done < size:
-        got = call(ptr + done, size - done, offset + done)
+        got = call(fd, [host_array(ptr + done, size - done)], offset + done)
         if got <= 0:
             break
         done += got
