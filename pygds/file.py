@@ -49,7 +49,7 @@ def _open_fd(path: str, flags: int, perm: int, mode: str) -> int:
     except OSError as exc:
         if exc.errno == errno.EINVAL and flags & getattr(os, "O_DIRECT", 0):
             raise OSError(exc.errno, f"cannot open {path} with O_DIRECT: the file system does not support it "
-                                     "(tmpfs, for example); open without direct=True", path) from None
+                                     "(tmpfs before Linux 6.6, some FUSE file systems); open without direct=True", path) from None
         raise OSError(exc.errno, f"cannot open {path} (mode {mode!r}): {exc.strerror}", path) from None
 
 
