@@ -35,7 +35,6 @@ import faulthandler
 import json
 import logging
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -59,6 +58,8 @@ from lmcache.v1.storage_backend import storage_plugin_launcher  # noqa: E402
 from lmcache.v1.storage_backend.local_cpu_backend import LocalCPUBackend  # noqa: E402
 from lmcache.v1.storage_backend.local_disk_backend import LocalDiskBackend  # noqa: E402
 
+from benchmarks.common import drop_caches, machine  # noqa: E402
+
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 LAYERS, TOKENS, KV_HEADS, HEAD_DIM = 32, 256, 8, 128
 DTYPE = torch.bfloat16
@@ -73,42 +74,11 @@ WHOLE_CHUNK_IO = "whole_chunk_io"  # harness-only variant option, see Plugin._wh
 
 # -- machine facts ----------------------------------------------------------------------------
 def machine_facts(directory: str) -> dict[str, Any]:
-    """nproc, memory, file system of the bench directory, kernel, CPU model, versions."""
-    from pygds import fsinfo
-
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kib = int(f.readline().split()[1])
+    """`benchmarks.common.machine` plus the bench directory and the torch and LMCache versions."""
     import lmcache
 
-    return {
-        "nproc": os.cpu_count(),
-        "memory_gib": round(mem_kib / (1 << 20), 1),
-        "fs_type": fsinfo.fs_type(directory),
-        "bench_dir": directory,
-        "kernel": platform.release(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lmcache": getattr(lmcache, "__version__", "?"),
-        "loadavg_start": os.getloadavg(),
-    }
-
-
-def drop_caches() -> bool:
-    """Write back and drop the page cache; False when not root."""
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-    except OSError:
-        return False
-    return True
+    return {**machine(directory), "bench_dir": directory, "torch": torch.__version__,
+            "lmcache": getattr(lmcache, "__version__", "?")}
 
 
 # -- LMCache objects, built as LMCache builds them ----------------------------------------------
@@ -465,8 +435,8 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
     width = max(len(n) for n in med) + 2
     out(f"{result['chunks']} x {result['chunk_bytes'] // MIB} MiB chunks, {result['runs']} runs; GiB/s as median "
         f"[min-max] (median per-run ratio to {BASELINE})")
-    out(f"{f['fs_type']} at {f['bench_dir']}; {f['nproc']} CPUs, {f['cpu']}, {f['memory_gib']} GiB, kernel "
-        f"{f['kernel']}; load average {f['loadavg_start'][0]:.1f} -> {f['loadavg_end'][0]:.1f}")
+    out(f"{f['bench_dir']} on {f['disk']}; {f['nproc']} CPUs, {f['cpu']}, {f['memory_gib']} GiB, kernel "
+        f"{f['kernel']}; load average {f['loadavg_at_start'].split()[0]} -> {f['loadavg_end'][0]:.1f}")
     measures = list(med[BASELINE])
     out(f"{'':{width}}" + "".join(f"{m:>27}" for m in measures))
     for name in med:

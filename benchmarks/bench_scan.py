@@ -25,7 +25,6 @@ import asyncio
 import json
 import logging
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -41,11 +40,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("LMCACHE_LOG_LEVEL", "WARNING")
 
 import torch  # noqa: E402
-from lmcache.utils import CacheEngineKey, start_loop_in_thread_with_exceptions  # noqa: E402
+from lmcache.utils import CacheEngineKey  # noqa: E402
 from lmcache.v1.memory_management import MemoryFormat  # noqa: E402
 from lmcache.v1.storage_backend import gds_backend  # noqa: E402
 from lmcache.v1.storage_backend.gds_backend import GdsBackend, pack_metadata  # noqa: E402
 
+from benchmarks.bench_plugin import Loop  # noqa: E402
+from benchmarks.common import drop_caches, machine  # noqa: E402
 from lmcache_plugin.layout import Layout, metadata_path  # noqa: E402
 from lmcache_plugin.store import KVStore, StoreOptions  # noqa: E402
 
@@ -53,34 +54,6 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 DATA_SHAPE = (2, 2, 1, 8)  # 64 bytes of bf16: the data part only has to exist
 GOAL = 10.0
 OURS, THEIRS = "KVStore scan (ours)", "GdsBackend._scan_metadata"
-
-
-# -- facts and cache control --------------------------------------------------------------------
-def machine_facts(directory: str) -> dict[str, Any]:
-    from pygds import fsinfo
-
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kib = int(f.readline().split()[1])
-    return {"nproc": os.cpu_count(), "memory_gib": round(mem_kib / (1 << 20), 1),
-            "fs_type": fsinfo.fs_type(directory), "bench_dir": directory, "kernel": platform.release(),
-            "cpu": cpu, "python": platform.python_version(), "loadavg_start": os.getloadavg()}
-
-
-def drop_caches() -> bool:
-    """Write back and drop the page, dentry and inode caches; False when not root."""
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-    except OSError:
-        return False
-    return True
 
 
 # -- the entries ----------------------------------------------------------------------------
@@ -140,21 +113,6 @@ def scan_ours(paths: list[str]) -> tuple[float, int]:
         store.close()
 
 
-class Loop:
-    """An asyncio loop in its own thread, as LMCache's StorageManager runs it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=start_loop_in_thread_with_exceptions, args=(self.loop,),
-                                       daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
-
-
 def lmcache_scanner(paths: list[str]) -> GdsBackend:
     """A GdsBackend holding exactly what `_scan_metadata` and `_scan_metadata_subdir` read
     (its constructor asserts a CUDA device and opens cuFile, neither of which the scan uses)."""
@@ -181,7 +139,7 @@ def run_bench(entries: int, npaths: int, runs: int, directory: str, cold: bool) 
     loop = Loop()
     try:
         paths = [os.path.join(root, f"nvme{i}") for i in range(npaths)]
-        facts = machine_facts(root)
+        facts = {**machine(root), "bench_dir": root}
         gen_s = generate(paths, entries)
         scanners: dict[str, Callable[[], tuple[float, int]]] = {
             OURS: lambda: scan_ours(paths), THEIRS: lambda: scan_theirs(paths, loop)}
@@ -218,8 +176,8 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
     f = result["facts"]
     out(f"{result['entries']} entries over {result['paths']} paths, {result['runs']} runs; seconds as median "
         f"[min-max]; generated in {result['generate_seconds']:.1f} s")
-    out(f"{f['fs_type']} at {f['bench_dir']}; {f['nproc']} CPUs, {f['cpu']}, {f['memory_gib']} GiB, kernel "
-        f"{f['kernel']}; load average {f['loadavg_start'][0]:.1f} -> {f['loadavg_end'][0]:.1f}")
+    out(f"{f['bench_dir']} on {f['disk']}; {f['nproc']} CPUs, {f['cpu']}, {f['memory_gib']} GiB, kernel "
+        f"{f['kernel']}; load average {f['loadavg_at_start'].split()[0]} -> {f['loadavg_end'][0]:.1f}")
     for mode, rows in result["samples"].items():
         for name, values in rows.items():
             out(f"{mode:5} {name:28} {statistics.median(values):8.3f} s [{min(values):.3f}-{max(values):.3f}]")
