@@ -291,32 +291,36 @@ def close_shared() -> None:
 
 
 class Registry:
-    """Address ranges of registered buffers, to find the registration that holds a view."""
+    """Address ranges of registered buffers, to find the registration that holds a view.
+
+    Every read and write asks `find`, so it takes no lock: `add` and `remove` (under a lock)
+    replace one immutable (starts, ends) pair, which `find` reads in one step.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._starts: list[int] = []
-        self._ends: list[int] = []
+        self._ranges: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
 
     def add(self, start: int, end: int) -> None:
         with self._lock:
-            i = bisect.bisect_left(self._starts, start)
-            self._starts.insert(i, start)
-            self._ends.insert(i, end)
+            starts, ends = self._ranges
+            i = bisect.bisect_left(starts, start)
+            self._ranges = (starts[:i] + (start,) + starts[i:], ends[:i] + (end,) + ends[i:])
 
     def remove(self, start: int) -> None:
         with self._lock:
-            i = bisect.bisect_left(self._starts, start)
-            if i < len(self._starts) and self._starts[i] == start:
-                del self._starts[i], self._ends[i]
+            starts, ends = self._ranges
+            i = bisect.bisect_left(starts, start)
+            if i < len(starts) and starts[i] == start:
+                self._ranges = (starts[:i] + starts[i + 1:], ends[:i] + ends[i + 1:])
 
     def find(self, ptr: int, nbytes: int) -> int | None:
         """The registered base holding [ptr, ptr + nbytes), or None."""
-        with self._lock:
-            i = bisect.bisect_right(self._starts, ptr) - 1
-            if i >= 0 and ptr + nbytes <= self._ends[i]:
-                return self._starts[i]
-            return None
+        starts, ends = self._ranges
+        i = bisect.bisect_right(starts, ptr) - 1
+        if i >= 0 and ptr + nbytes <= ends[i]:
+            return starts[i]
+        return None
 
 
 registry = Registry()

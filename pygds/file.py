@@ -162,6 +162,22 @@ class File:
     # -- synchronous ------------------------------------------------------------------------
     def read(self, buf: object, size: int | None = None, file_offset: int = 0, buf_offset: int = 0) -> int:
         """Read into `buf`; returns the bytes read, fewer than `size` only at end of file."""
+        handle = self._handle
+        # The small-request fast path (issue 8): a BufferView, plain ints, one task; the same
+        # checks as `_prepare`, which every other call goes through.
+        if (type(buf) is BufferView and type(size) is int and type(file_offset) is int
+                and type(buf_offset) is int and handle is not None and 0 < size <= pool.task_size()
+                and 0 <= file_offset <= _MAX_OFFSET - size and 0 <= buf_offset <= buf.nbytes - size
+                and not buf.readonly):
+            try:
+                done = handle.read(buf, size, file_offset, buf_offset)
+            except IOFailedError:
+                raise
+            except OSError as exc:
+                raise _os_failure(exc, "read", self.path, 0, size, file_offset) from exc
+            if done == size or done <= 0:
+                return done
+            return done + _read_full(handle, buf, size - done, file_offset + done, buf_offset + done, self.path)
         handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=False)
         if pool.inline(size):
             return _read_full(handle, view, size, file_offset, buf_offset, self.path)

@@ -77,15 +77,31 @@ def test_buffer_kinds(tmp_path):
     assert path.read_bytes() == data
 
 
-def test_short_read_at_end_of_file_is_reported(tmp_path):
+# A BufferView with int arguments takes File.read's fast path; anything else goes through the
+# full argument handling: every read behaviour is checked on both.
+READ_BUFFERS = {"bytearray": bytearray, "BufferView": lambda n: pygds.as_buffer(bytearray(n))}
+
+
+@pytest.mark.parametrize("make", READ_BUFFERS.values(), ids=READ_BUFFERS.keys())
+def test_short_read_at_end_of_file_is_reported(tmp_path, make):
     path = tmp_path / "short.bin"
-    path.write_bytes(rand(1000))
-    out = bytearray(4096)
+    data = rand(1000)
+    path.write_bytes(data)
+    out = make(4096)
+    raw = out.owner if isinstance(out, pygds.BufferView) else out
     with pygds.File(path) as f:
-        assert f.read(out) == 1000
-        assert f.read(out, 100, file_offset=950) == 50
+        assert f.read(out) == 1000 and bytes(raw[:1000]) == data
+        assert f.read(out, 100, file_offset=950, buf_offset=2000) == 50 and bytes(raw[2000:2050]) == data[950:]
         assert f.read(out, 100, file_offset=5000) == 0
+        assert f.read(out, 0, file_offset=10) == 0
         assert f.pread(out).result() == 1000
+
+
+@pytest.mark.parametrize("make", READ_BUFFERS.values(), ids=READ_BUFFERS.keys())
+def test_read_failure_names_the_cause(tmp_path, make):
+    with pygds.File(tmp_path) as f:  # a directory opens read-only, but reading it fails with EISDIR
+        with pytest.raises(pygds.IOFailedError, match=f"read of 4096 bytes at offset 8 of {tmp_path}.*directory"):
+            f.read(make(4096), 4096, file_offset=8)
 
 
 def test_large_request_is_split_over_threads(tmp_path, monkeypatch):
@@ -177,17 +193,22 @@ def test_permission_denied(tmp_path):
     ({"file_offset": 1.5}, "file_offset"),
 ])
 def test_bad_arguments(tmp_path, kwargs, match):
-    with pygds.File(tmp_path / "a.bin", "w") as f:
+    with pygds.File(tmp_path / "a.bin", "w+") as f:
         with pytest.raises(pygds.InvalidArgumentError, match=match):
             f.write(bytearray(100), **kwargs)
+        for make in READ_BUFFERS.values():
+            with pytest.raises(pygds.InvalidArgumentError, match=match):
+                f.read(make(100), **{"size": 1, **kwargs})
     assert (tmp_path / "a.bin").stat().st_size == 0
 
 
 def test_read_into_read_only_buffer(tmp_path):
     path = tmp_path / "r.bin"
     path.write_bytes(b"abc")
-    with pygds.File(path) as f, pytest.raises(pygds.InvalidArgumentError):
-        f.read(b"xyz")
+    with pygds.File(path) as f:
+        for buf in (b"xyz", pygds.as_buffer(b"xyz")):
+            with pytest.raises(pygds.InvalidArgumentError, match="read-only"):
+                f.read(buf)
 
 
 def test_non_contiguous_tensor(tmp_path):
