@@ -232,7 +232,9 @@ class KVStore:
         self._warned_refusals: set[str] = set()
         self._closed = False
         self._pool = (
-            ThreadPoolExecutor(options.io_threads, thread_name_prefix="kvstore-io")
+            # each chunk is one whole read or write: the chunks are what runs in parallel
+            ThreadPoolExecutor(options.io_threads, thread_name_prefix="kvstore-io",
+                               initializer=pygds.pool.mark_io_thread)
             if options.io_threads > 0
             else None
         )

@@ -71,14 +71,20 @@ def set_task_size(nbytes: int) -> None:
     _task_size = int(nbytes)
 
 
-def _mark_worker() -> None:
+def mark_io_thread() -> None:
+    """Run the calling thread's requests whole, never split over the pool.
+
+    For threads that are themselves one of many parallel I/O workers (pass it as a
+    `ThreadPoolExecutor` initializer): their requests already run side by side, so splitting each
+    one again would only add hand-offs and break the kernel's sequential readahead. pygds's own pool
+    threads are marked so too, which is also what keeps nested requests from deadlocking it.
+    """
     _local.worker = True
 
 
 def inline(size: int) -> bool:
     """True when a synchronous request of `size` bytes runs as one task on the calling thread: it
-    fits in one task, or the caller is a pool thread (nested requests run inline so the pool
-    cannot deadlock)."""
+    fits in one task, or the caller is an I/O thread (`mark_io_thread`)."""
     return size <= _task_size or _local.worker
 
 
@@ -86,7 +92,7 @@ def submit(fn: Callable[..., object], *args: object) -> Future:
     global _executor
     with _lock:
         if _executor is None:
-            _executor = ThreadPoolExecutor(_threads, thread_name_prefix="pygds-io", initializer=_mark_worker)
+            _executor = ThreadPoolExecutor(_threads, thread_name_prefix="pygds-io", initializer=mark_io_thread)
         executor = _executor
     return executor.submit(fn, *args)
 

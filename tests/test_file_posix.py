@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,18 @@ def test_large_request_is_split_over_threads(tmp_path, monkeypatch):
     finally:
         pool.set_task_size(4 << 20)
     assert bytes(out) == data
+
+
+def test_marked_io_threads_run_requests_whole(tmp_path):
+    """`mark_io_thread`: a thread of the caller's own I/O pool does each request in one piece."""
+    path = tmp_path / "w.bin"
+    path.write_bytes(rand(12 << 20))
+    out = bytearray(12 << 20)
+    assert not pool.inline(12 << 20)  # on an ordinary thread 12 MiB is split into 4 MiB tasks
+    with ThreadPoolExecutor(2, initializer=pool.mark_io_thread) as io, pygds.File(path) as f:
+        assert io.submit(pool.inline, 12 << 20).result()
+        assert io.submit(f.read, out).result(timeout=60) == 12 << 20
+    assert out == path.read_bytes()
 
 
 def test_nested_requests_from_pool_threads_do_not_deadlock(tmp_path):
