@@ -3,16 +3,16 @@
 Both contenders run in this one process, in the same directory's file system, on the same
 chunks: one 256-token Llama-3.1-8B KV chunk (32 layers x 2 x 256 tokens x 8 kv heads x 128,
 bf16 = 32 MiB). Our plugin is loaded by LMCache's own plugin loader with `dst_device="cpu"` (POSIX
-engine on host memory); LocalDiskBackend is built as `CreateStorageBackends` builds it, over a
+engine on host memory) and a `LocalCPUBackend`; LocalDiskBackend is built as `CreateStorageBackends` builds it, over a
 `LocalCPUBackend` staging pool. Each contender gets its memory objects from its own allocator
 backend, as LMCache's `StorageManager` hands them over.
 
 Measured per run and contender, on fresh keys:
   put             submit all chunks -> every completion callback has fired (data in the page
                   cache, entry visible to `contains`)
-  put_in_lmcache  the same plus, for our plugin, the copy LMCache's StorageManager makes of
-                  each chunk into the plugin's own buffer before handing it over (its allocator
-                  backend is LocalCPUBackend; LocalDiskBackend gets those objects as they are)
+  put_in_lmcache  the same plus, for a contender whose allocator backend is not LMCache's
+                  LocalCPUBackend, the copy LMCache's StorageManager makes of each chunk into
+                  that allocator first (on a CPU destination neither backend needs it)
   get_warm        `batched_get_blocking` of all chunks, files still in the page cache
   get_cold        the same after `sync; echo 3 > /proc/sys/vm/drop_caches` (root only)
 then the entries are removed. Fairness: one unmeasured round per contender first; sources are
@@ -69,7 +69,6 @@ MIB, GIB = 1 << 20, 1 << 30
 GOAL = 1.5
 BASELINE = "LocalDiskBackend"
 CEILING = "plain POSIX ceiling"
-WHOLE_CHUNK_IO = "whole_chunk_io"  # harness-only variant option, see Plugin._whole_chunk_io
 
 
 # -- machine facts ----------------------------------------------------------------------------
@@ -180,49 +179,37 @@ class Contender:
 
 
 class Plugin(Contender):
-    """Our backend, loaded by LMCache's `storage_plugin_launcher` with dst_device="cpu".
+    """Our backend, loaded by LMCache's own `storage_plugin_launcher` with dst_device="cpu" and a
+    LocalCPUBackend, as `CreateStorageBackends` loads it.
 
     `options`: plugin-scoped settings (`storage_plugin.gds.<key>`), e.g. use_direct_io=true.
     """
 
-    copied_by_lmcache = True
-
     def __init__(self, directory: str, loop: Loop, n: int, options: dict[str, str]) -> None:
         self.name = "gds plugin" + (f" [{_label(options)}]" if options else "")
-        options = dict(options)
-        whole_chunk_io = options.pop(WHOLE_CHUNK_IO, "false").lower() == "true"
-        buffer_mib = 2 * n * CHUNK_BYTES // MIB + 64  # sources of one run + the N chunks a get allocates
+        buffer_mib = n * CHUNK_BYTES // MIB + 64  # the N chunks a get allocates
         scoped = {"gds_path": directory, "cufile_buffer_size": buffer_mib, "engine": "posix", **options}
         extra = {"storage_plugin.gds.module_path": "lmcache_plugin.backend",
                  "storage_plugin.gds.class_name": "GdsPluginBackend",
                  **{f"storage_plugin.gds.{k}": v for k, v in scoped.items()}}
-        config = LMCacheEngineConfig.from_defaults(chunk_size=TOKENS, local_cpu=False, max_local_cpu_size=0.01,
+        config = LMCacheEngineConfig.from_defaults(chunk_size=TOKENS, local_cpu=False,
+                                                   max_local_cpu_size=(2 * n * CHUNK_BYTES + 256 * MIB) / GIB,
                                                    storage_plugins=["gds"], extra_config=extra)
+        meta = metadata()
+        self.cpu = LocalCPUBackend(config, meta, dst_device="cpu")
         backends: OrderedDict[str, Any] = OrderedDict()
-        storage_plugin_launcher(config, metadata(), loop.loop, None, "cpu", backends)
+        storage_plugin_launcher(config, meta, loop.loop, self.cpu, "cpu", backends)
         if not backends:
             raise RuntimeError("LMCache did not load the gds plugin (see the log above)")
         self.backend = next(iter(backends.values()))
         self.allocator = self.backend.get_allocator_backend()
+        self.copied_by_lmcache = self.allocator is not self.cpu
         self.engine = f"pygds {self.backend.engine}, {self.backend.settings.io_threads} I/O threads" + (
             ", O_DIRECT" if self.backend.settings.direct_io else "")
-        if whole_chunk_io:
-            self._whole_chunk_io()
-            self.engine += ", whole-chunk I/O on the I/O threads (proposal, simulated)"
 
-    def _whole_chunk_io(self) -> None:
-        """Simulate a proposed change (not in the plugin): the store's and the adapter's I/O
-        threads do each chunk's read or write in one call instead of splitting it into
-        PYGDS_TASK_SIZE pieces on pygds's shared pool. Done by marking those threads as pygds
-        pool workers, which `pygds.File` serves inline."""
-        import pygds.pool
-
-        threads = self.backend.settings.io_threads
-        store = self.backend.store
-        store._pool.shutdown()
-        store._pool = ThreadPoolExecutor(threads, "kvstore-io", initializer=pygds.pool._mark_worker)
-        self.backend._read_pool.shutdown()
-        self.backend._read_pool = ThreadPoolExecutor(threads, "gds-plugin-read", initializer=pygds.pool._mark_worker)
+    def close(self) -> None:
+        self.backend.close()
+        self.cpu.close()
 
 
 class LocalDisk(Contender):
@@ -456,8 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-cold", action="store_true", help="skip the cold-cache gets")
     p.add_argument("--variant", action="append", default=[], type=parse_variant, metavar="KIND:K=V[,K=V]",
                    help="an extra contender: plugin:<plugin-scoped settings> or localdisk:<extra_config>, "
-                        "e.g. plugin:use_direct_io=true (repeatable); plugin:whole_chunk_io=true simulates "
-                        "the proposed whole-chunk I/O (see Plugin._whole_chunk_io)")
+                        "e.g. plugin:use_direct_io=true (repeatable)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the plain POSIX ceiling row")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)

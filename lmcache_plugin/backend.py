@@ -33,6 +33,8 @@ from lmcache.v1.memory_allocators.tensor_memory_allocator import TensorMemoryAll
 from lmcache.v1.memory_management import MemoryAllocatorInterface, MemoryFormat, MemoryObj
 from lmcache.v1.storage_backend.abstract_backend import AllocatorBackendInterface
 
+import pygds
+
 from .config import ConfigError, EnginePlan, PluginSettings, load_settings, plan_engine
 from .format import CorruptEntryError, EntryHeader, torch_dtype
 from .store import EntryInfo, KVStore, StoreOptions
@@ -152,6 +154,7 @@ class GdsPluginBackend(AllocatorBackendInterface):
         self.loop = loop
         self._closed = False
         self._registered: Any = None
+        self._buffer_kind = "host"
         self._store: Optional[KVStore] = None
         self._read_pool: Optional[ThreadPoolExecutor] = None
         self._request_keys: list[CacheEngineKey] = []
@@ -183,7 +186,7 @@ class GdsPluginBackend(AllocatorBackendInterface):
                         self.dst_device, self.device_id)
         self._check_hipfile(want_cuda)
         self._buffer = buffer if buffer is not None else self._allocate_buffer(want_cuda)
-        kind = self._memory_kind(self._buffer)
+        kind = self._buffer_kind = self._memory_kind(self._buffer)
         self.plan: EnginePlan = plan_engine(s, _fs_types(s.paths), device_memory=kind in ("device", "managed"))
         for message in self.plan.warnings:
             log.warning("%s", message)
@@ -191,7 +194,9 @@ class GdsPluginBackend(AllocatorBackendInterface):
         self.engine = engine
         self.memory_allocator = self.initialize_allocator(self.config, self.metadata)
         if s.io_threads > 0:
-            self._read_pool = ThreadPoolExecutor(max_workers=s.io_threads, thread_name_prefix="gds-plugin-read")
+            # one whole read per chunk: the chunks are what runs in parallel
+            self._read_pool = ThreadPoolExecutor(max_workers=s.io_threads, thread_name_prefix="gds-plugin-read",
+                                                 initializer=pygds.pool.mark_io_thread)
         self._store = KVStore(StoreOptions(
             paths=s.paths, device_id=self.device_id, engine=engine, io_threads=s.io_threads,
             direct_io=s.direct_io, data_suffix=self.plan.data_suffix, tmp_max_age_s=s.tmp_max_age_s,
@@ -212,8 +217,6 @@ class GdsPluginBackend(AllocatorBackendInterface):
     def _memory_kind(buffer: torch.Tensor) -> str:
         if buffer.is_cuda:
             return "device"
-        import pygds
-
         return pygds.as_buffer(pygds.Pointer(buffer.data_ptr(), buffer.numel() * buffer.element_size())).kind
 
     def _check_hipfile(self, want_gpu: bool) -> None:
@@ -232,8 +235,6 @@ class GdsPluginBackend(AllocatorBackendInterface):
         """Register the buffer with cuFile or hipFile; fall back to POSIX where `auto` allows it."""
         if engine not in ("cufile", "hipfile", "auto"):
             return engine
-        import pygds
-
         try:
             if engine == "hipfile":
                 from pygds.engines.hipfile import HipFileRegisteredBuffer
@@ -521,7 +522,17 @@ class GdsPluginBackend(AllocatorBackendInterface):
     def get_memory_allocator(self) -> MemoryAllocatorInterface:
         return self.memory_allocator
 
-    def get_allocator_backend(self) -> "GdsPluginBackend":
+    def get_allocator_backend(self) -> AllocatorBackendInterface:
+        """Where LMCache allocates the chunks it hands to our puts.
+
+        Our buffer when it is GPU memory (cuFile, hipFile, or the documented POSIX fallback on the
+        pre-registered GPU memory). With a host-memory buffer (a CPU destination) LMCache's own
+        LocalCPUBackend, as its LocalDiskBackend does: LMCache then hands over its chunks as they
+        are instead of copying each one into our buffer first.
+        """
+        host_buffer = self._registered is None and self._buffer_kind not in ("device", "managed")
+        if host_buffer and self.local_cpu_backend is not None:
+            return self.local_cpu_backend
         return self
 
     # -- observability and shutdown --------------------------------------------------------

@@ -105,6 +105,34 @@ def test_loaded_from_yaml_file_by_create_storage_backends(tmp_path, loop):
     assert len(data_files(str(cache))) == 4
 
 
+def test_storage_manager_hands_cpu_chunks_over_without_a_copy(tmp_path):
+    """On a CPU destination the plugin's allocator backend is LMCache's LocalCPUBackend, as for
+    LocalDiskBackend: StorageManager.batched_put hands its chunks over as they are. Proof by
+    behaviour: the plugin's own 1 MiB buffer cannot hold a 2 MiB chunk, so a copy into it (what
+    LMCache does for any other allocator backend) would fail and store nothing."""
+    from lmcache.v1.event_manager import EventManager
+    from lmcache.v1.memory_management import MemoryFormat
+    from lmcache.v1.storage_backend.storage_manager import StorageManager
+
+    config = make_config(extra_config=plugin_extra(str(tmp_path / "c"), cufile_buffer_size=1))
+    manager = StorageManager(config, make_metadata(), EventManager())
+    try:
+        gds, cpu = manager.storage_backends["gds"], manager.storage_backends["LocalCPUBackend"]
+        assert gds.get_allocator_backend() is cpu
+        shape = torch.Size([2, 2, 4096, 64])  # 2 MiB of bf16
+        obj = manager.allocate(shape, torch.bfloat16, fmt=MemoryFormat.KV_2LTD)
+        obj.raw_tensor.view(torch.uint8)[:obj.get_size()] = torch.randint(0, 256, (obj.get_size(),),
+                                                                           dtype=torch.uint8)
+        data, key = obj_bytes(obj), make_key(31337)
+        manager.batched_put([key], [obj])
+        assert gds.store.flush(timeout=30)
+        assert gds.contains(key) and gds.get_memory_allocator().total_allocated_size == 0
+        assert len(data_files(str(tmp_path / "c"))) == 1
+        assert open(data_files(str(tmp_path / "c"))[0], "rb").read()[4096:] == data
+    finally:
+        manager.close()
+
+
 def test_loaded_from_environment_only(tmp_path, loop):
     env = {"LMCACHE_CHUNK_SIZE": str(CHUNK), "LMCACHE_LOCAL_CPU": "False", "LMCACHE_MAX_LOCAL_CPU_SIZE": "0.02",
            "LMCACHE_CUFILE_BUFFER_SIZE": "2", "LMCACHE_STORAGE_PLUGINS": "gds",
