@@ -8,10 +8,10 @@ base and an offset for any view inside one, which is what makes reads and writes
 from __future__ import annotations
 
 import atexit
-import bisect
 import ctypes
 import logging
 import threading
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -293,31 +293,32 @@ def close_shared() -> None:
 class Registry:
     """Address ranges of registered buffers, to find the registration that holds a view.
 
-    Every read and write asks `find`, so it takes no lock: `add` and `remove` (under a lock)
-    replace one immutable (starts, ends) pair, which `find` reads in one step.
+    Every read and write looks a view up here, so lookups take no lock: `add` and `remove`
+    (under a lock) replace `ranges`, one immutable (sorted starts, ends) pair, which a lookup
+    reads in one step.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ranges: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+        self.ranges: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
 
     def add(self, start: int, end: int) -> None:
         with self._lock:
-            starts, ends = self._ranges
-            i = bisect.bisect_left(starts, start)
-            self._ranges = (starts[:i] + (start,) + starts[i:], ends[:i] + (end,) + ends[i:])
+            starts, ends = self.ranges
+            i = bisect_left(starts, start)
+            self.ranges = (starts[:i] + (start,) + starts[i:], ends[:i] + (end,) + ends[i:])
 
     def remove(self, start: int) -> None:
         with self._lock:
-            starts, ends = self._ranges
-            i = bisect.bisect_left(starts, start)
+            starts, ends = self.ranges
+            i = bisect_left(starts, start)
             if i < len(starts) and starts[i] == start:
-                self._ranges = (starts[:i] + starts[i + 1:], ends[:i] + ends[i + 1:])
+                self.ranges = (starts[:i] + starts[i + 1:], ends[:i] + ends[i + 1:])
 
     def find(self, ptr: int, nbytes: int) -> int | None:
         """The registered base holding [ptr, ptr + nbytes), or None."""
-        starts, ends = self._ranges
-        i = bisect.bisect_right(starts, ptr) - 1
+        starts, ends = self.ranges
+        i = bisect_right(starts, ptr) - 1
         if i >= 0 and ptr + nbytes <= ends[i]:
             return starts[i]
         return None

@@ -165,8 +165,8 @@ class File:
         handle = self._handle
         # The small-request fast path (issue 8): a BufferView, plain ints, one task; the same
         # checks as `_prepare`, which every other call goes through.
-        if (type(buf) is BufferView and type(size) is int and type(file_offset) is int
-                and type(buf_offset) is int and handle is not None and 0 < size <= pool.task_size()
+        if (type(buf) is BufferView and type(size) is type(file_offset) is type(buf_offset) is int
+                and handle is not None and 0 < size <= pool.task_size()
                 and 0 <= file_offset <= _MAX_OFFSET - size and 0 <= buf_offset <= buf.nbytes - size
                 and not buf.readonly):
             try:

@@ -7,6 +7,7 @@ cuFile stages it itself.
 from __future__ import annotations
 
 import ctypes
+from bisect import bisect_right
 
 from .. import _cufile_abi as abi
 from .._lib import cufile
@@ -34,35 +35,37 @@ class CuFileHandle(EngineHandle):
         # bound once: looked up on every call otherwise
         self._read = self._lib.cuFileRead
         self._write = self._lib.cuFileWrite
-        self._find = registry.find
 
     def _base(self, view: BufferView, size: int, buf_offset: int) -> tuple[int, int]:
         """(registered base, offset) for memory inside a registration, else (address, 0)."""
         ptr = view.ptr + buf_offset
-        base = self._find(ptr, size)
+        base = registry.find(ptr, size)
         if base is None:
             return ptr, 0
         return base, ptr - base
 
-    # read and write inline `_base`: they are the per-call hot path (see BENCHMARKS.md)
+    # read and write do `_base`'s lookup inline, without a call: they are the per-call hot path
+    # whose cost issue 8 bounds (see BENCHMARKS.md)
     def read(self, view: BufferView, size: int, file_offset: int, buf_offset: int) -> int:
         ptr = view.ptr + buf_offset
-        base = self._find(ptr, size)
-        if base is None:
-            ret = self._read(self.handle, ptr, size, file_offset, 0)
+        starts, ends = registry.ranges
+        i = bisect_right(starts, ptr) - 1
+        if i >= 0 and ptr + size <= ends[i]:
+            ret = self._read(self.handle, starts[i], size, file_offset, ptr - starts[i])
         else:
-            ret = self._read(self.handle, base, size, file_offset, ptr - base)
+            ret = self._read(self.handle, ptr, size, file_offset, 0)
         if ret >= 0:
             return ret
         return decode_io_result("cuFileRead", ret, ctypes.get_errno(), path=self.path)
 
     def write(self, view: BufferView, size: int, file_offset: int, buf_offset: int) -> int:
         ptr = view.ptr + buf_offset
-        base = self._find(ptr, size)
-        if base is None:
-            ret = self._write(self.handle, ptr, size, file_offset, 0)
+        starts, ends = registry.ranges
+        i = bisect_right(starts, ptr) - 1
+        if i >= 0 and ptr + size <= ends[i]:
+            ret = self._write(self.handle, starts[i], size, file_offset, ptr - starts[i])
         else:
-            ret = self._write(self.handle, base, size, file_offset, ptr - base)
+            ret = self._write(self.handle, ptr, size, file_offset, 0)
         if ret >= 0:
             return ret
         return decode_io_result("cuFileWrite", ret, ctypes.get_errno(), path=self.path)

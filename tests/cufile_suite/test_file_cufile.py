@@ -92,7 +92,14 @@ def test_registered_buffer_zero_copy_views(tmp_path):
         # a view in the middle of the registered range goes to cuFile as (base, offset)
         inner = Pointer(dev.ptr + (1 << 20), 3 << 20, kind="device")
         assert f.read(inner) == 3 << 20
+        # small reads into a BufferView (File.read's fast path), inside the registration
+        view = dev.view
+        assert f.read(view, 4096, file_offset=8192, buf_offset=(5 << 20) + 3) == 4096
+        assert device_bytes(dev, 4096, (5 << 20) + 3) == data[8192:12288]
     assert device_bytes(dev, 3 << 20, 1 << 20) == data
+    with pygds.File(path) as f:  # deregistered: the same read goes to cuFile as plain device memory
+        assert f.read(view, 4096, file_offset=0, buf_offset=(6 << 20) + 1) == 4096
+    assert device_bytes(dev, 4096, (6 << 20) + 1) == data[:4096]
 
 
 def test_pageable_host_memory_through_cufile(tmp_path):
