@@ -177,7 +177,7 @@ class File:
                 raise _os_failure(exc, "read", self.path, 0, size, file_offset) from exc
             if done == size or done <= 0:
                 return done
-            return done + _read_full(handle, buf, size - done, file_offset + done, buf_offset + done, self.path)
+            return _read_full(handle, buf, size, file_offset, buf_offset, self.path, done)
         handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=False)
         if pool.inline(size):
             return _read_full(handle, view, size, file_offset, buf_offset, self.path)
@@ -291,11 +291,11 @@ def _os_failure(exc: OSError, op: str, path: str, done: int, size: int, file_off
 
 
 def _read_full(handle: EngineHandle, view: BufferView, size: int, file_offset: int, buf_offset: int,
-               path: str = "") -> int:
-    """Read until `size` bytes or end of file: one engine call unless it comes back short."""
-    done = 0
+               path: str = "", done: int = 0) -> int:
+    """Read until `size` bytes or end of file: one engine call unless it comes back short.
+    `done`: bytes already read by the caller."""
     try:
-        if size:
+        if size and not done:
             done = handle.read(view, size, file_offset, buf_offset)
         while 0 < done < size:
             got = handle.read(view, size - done, file_offset + done, buf_offset + done)

@@ -148,6 +148,29 @@ def test_fault_on_the_first_calls_only_lifts_by_itself(shim, tmp_path):
            entries_verified=4)
 
 
+# -- pygds's own report -------------------------------------------------------------------------
+@pytest.mark.parametrize("op,errno_name", [("write", "ENOSPC"), ("read", "EIO")])
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "O_DIRECT"])
+def test_error_counts_the_bytes_moved_before_the_fault(shim, tmp_path, op, errno_name, direct):
+    """A transfer cut short and then failing (a filling disk) is reported with its true progress."""
+    where = tmp_path / "d"
+    where.mkdir()
+    path = where / "f.bin"
+    path.write_bytes(bytes(2 << 20))  # written by this process, which has no shim
+    code = (f"import pygds\n"
+            f"with pygds.File({str(path)!r}, 'r+', engine='posix', direct={direct}) as f:\n"
+            f"    try:\n"
+            f"        f.{op}(pygds.as_buffer(bytearray(1 << 20)), 1 << 20, file_offset=4096)\n"
+            f"    except pygds.IOFailedError as exc:\n"
+            f"        print(exc)\n")
+    env = shim.env(where, errno=errno_name, ops=op, after_bytes=100 * 4096)
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"{op} of 1048576 bytes at offset 4096 of {path} failed after {100 * 4096} bytes" in done.stdout
+    assert CAUSE[errno_name][0] in done.stdout.lower()
+
+
 # -- read faults -------------------------------------------------------------------------------
 READ_CASES = [
     ("EIO", "read", 0, None),  # the first header read (lookup)

@@ -183,10 +183,19 @@ class PosixHandle(EngineHandle):
 
 
 def _full(call: Callable[[int, list, int], int], fd: int, ptr: int, size: int, offset: int) -> int:
-    """Repeat `os.preadv`/`os.pwritev` on `fd` until `size` bytes moved or it returns 0 (end of file)."""
+    """Repeat `os.preadv`/`os.pwritev` on `fd` until `size` bytes moved or it returns 0 (end of file).
+
+    An error after some bytes moved returns that count, a short transfer: the caller's next call
+    meets the error again and reports it with the true progress.
+    """
     done = 0
     while done < size:
-        got = call(fd, [host_array(ptr + done, size - done)], offset + done)
+        try:
+            got = call(fd, [host_array(ptr + done, size - done)], offset + done)
+        except OSError:
+            if done:
+                return done
+            raise
         if got <= 0:
             break
         done += got
