@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lmcache_plugin.format import HEADER_SIZE, EntryHeader, pack_header
-from lmcache_plugin.index import Entry, Index, Scanner
+from lmcache_plugin.index import Entry, Index, ScannedDir, Scanner
 from lmcache_plugin.layout import Layout, metadata_path
 from lmcache_plugin.layout import tmp_path as tmp_name
 
@@ -175,3 +175,147 @@ def test_missing_path_is_not_an_error(tmp_path):
     layout = Layout([str(tmp_path / "absent"), str(tmp_path)])
     _, scanner = _scan(layout)
     assert scanner.stats.done and scanner.stats.errors == 0 and scanner.stats.entries == 0
+
+
+# -- scanned entries are stored per listing and become `Entry` objects on first access ----------
+def _listed(index: Index, stems: str, base: str = "/s", *, has_metadata: bool = True) -> int:
+    return index.add_listed(dict.fromkeys(stems, ScannedDir(base, f"{base}/12/34", ".d", has_metadata)))
+
+
+def test_listed_entry_is_made_once_on_first_access_and_stays_the_same_object():
+    index = Index()
+    assert _listed(index, "ab") == 2 and len(index) == 2
+    first = index.get("a")
+    assert first == Entry(stem="a", base="/s", path="/s/12/34/a.d", size=None, has_metadata=True)
+    first.pins = 1
+    first.key_text = "key a"
+    assert index.get("a") is first and index.get("a", touch=True) is first
+    assert index.get("a").pins == 1 and index.get("a").key_text == "key a"
+    assert index.add(_entry("a", base="/s")) is first  # an existing entry wins
+    snap = index.snapshot()
+    assert snap[-1] is first and snap[0].stem == "b" and index.get("b") is snap[0]
+    assert index.pop("a") is first and index.get("a") is None and len(index) == 1
+
+
+def test_scanned_entries_are_older_than_put_ones_and_a_touch_makes_one_newest():
+    index = Index()
+    index.add(_entry("p1", base="/s"))
+    _listed(index, "xyz")
+    index.add(_entry("p2", base="/s"))
+    index.get("y")  # a lookup without touch keeps its place
+    assert [e.stem for e in index.snapshot()] == ["x", "y", "z", "p1", "p2"]
+    index.get("x", touch=True)
+    index.add(_entry("z", base="/s"))  # an existing entry wins and becomes the newest
+    assert [e.stem for e in index.snapshot()] == ["y", "p1", "p2", "x", "z"]
+    assert [v.stem for v in index.take_lru("/s", 10**9, skip={"p2"})] == ["y", "p1", "x", "z"]
+    assert [e.stem for e in index.snapshot()] == ["p2"]
+
+
+def test_take_lru_takes_listed_entries_first_and_skips_pinned_ones():
+    index = Index()
+    _listed(index, "abc", base="/w")
+    _listed(index, "o", base="/other")
+    index.add(_entry("new", base="/w", size=100))
+    index.get("b").pins = 1
+    victims = index.take_lru("/w", 50, skip=set())  # listed sizes are unknown: they free nothing
+    assert [v.stem for v in victims] == ["a", "c", "new"] and victims[0].path == "/w/12/34/a.d"
+    assert index.used_bytes("/w") == 0 and {e.stem for e in index.snapshot()} == {"b", "o"}
+
+
+def test_replacing_or_resizing_a_listed_entry_keeps_totals_right():
+    index = Index()
+    _listed(index, "ab", base="/w", has_metadata=False)
+    a = index.get("a")
+    assert not a.has_metadata
+    index.set_size(a, 300, has_metadata=True)
+    assert index.used_bytes("/w") == 300 and a.has_metadata
+    a.pins = 2
+    b = index.add(_entry("b", base="/w", size=40), replace=True)
+    assert index.used_bytes("/w") == 340 and index.get("b") is b
+    replaced = index.add(_entry("a", base="/w", size=10), replace=True)
+    assert replaced.pins == 2 and index.used_bytes("/w") == 50
+    index.set_size(a, 999)  # no longer indexed: the totals do not move
+    assert index.used_bytes("/w") == 50
+
+
+def test_listed_entries_removed_during_a_scan_stay_removed():
+    index = Index()
+    index.begin_scan()
+    _listed(index, "ab")
+    assert index.pop("a").path == "/s/12/34/a.d"
+    index.add(_entry("put"))
+    index.pop("put")
+    assert _listed(index, ["a", "b", "put", "c"]) == 1  # b known, a and put removed
+    assert {e.stem for e in index.snapshot()} == {"b", "c"}
+    index.end_scan()
+    assert _listed(index, ["a"]) == 1
+
+
+def _touch(path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb"):
+        pass
+
+
+def test_scan_indexes_exactly_the_names_layout_accepts(tmp_path):
+    """Listings are sorted in bulk unless a name needs `Layout.stem_of_data_name`'s checks: the
+    scan must index exactly the names that it accepts, with each name's own directory."""
+    base = str(tmp_path)
+    layout = Layout(base)
+    suffix = layout.data_suffix
+    names: dict[str, list[str]] = {}
+    for byte in range(256):  # every escape, in its own directory beside a plain name
+        names[f"{byte:02x}/00"] = [
+            f"plain%40key{byte}{suffix}",
+            f"plain%40key{byte}{suffix}.metadata",
+            f"k%{byte:02X}k{byte}{suffix}",
+            f"k%{byte:02x}k{byte}{suffix}",
+        ]
+    odd = ["kö", "k%C3%B6", "k%C3", "long+" + "0" * 40, "a+b", "x" * 200 + "+" + "0" * 20, "", suffix[:-1],
+           "a%", "a%4", "a%2F%", "a@b", "a b", "a%2f", "x.tmpfoo", "x.tmp0123abcd", "ok4" + suffix + ".tmp"]
+    for i, stem in enumerate(odd):  # each in its own directory tree, beside a plain name
+        names[f"{chr(ord('a') + i)}/{i}"] = [stem + suffix, f"plain{i}{suffix}"]
+    names["y"] = ["plain%2Fat%20depth%201" + suffix, "other.bin", "plain.kvcache", "x.tmp0123abcd"]
+    expected = {}
+    for directory, listed in names.items():
+        for name in listed:
+            _touch(os.path.join(base, directory, name))
+            stem = layout.stem_of_data_name(name)
+            if stem is not None:
+                expected[stem] = os.path.join(base, directory, name)
+    index, scanner = _scan(layout)
+    assert {e.stem: e.path for e in index.snapshot()} == expected
+    assert scanner.stats.entries == len(expected) and scanner.stats.errors == 0
+    assert {e.stem for e in index.snapshot() if e.has_metadata} == {f"plain%40key{b}" for b in range(256)}
+
+
+def test_scan_tells_entries_with_and_without_metadata_apart_in_one_listing(tmp_path):
+    base = str(tmp_path)
+    layout = Layout(base)
+    for name in ["a", "a.metadata", "b", "c", "c.metadata", "orphan.metadata"]:
+        _touch(os.path.join(base, "12", "34", name.replace(".metadata", layout.metadata_suffix)
+                            if name.endswith(".metadata") else name + layout.data_suffix))
+    index, _ = _scan(layout)
+    assert {e.stem: e.has_metadata for e in index.snapshot()} == {"a": True, "b": False, "c": True}
+
+
+def test_scan_with_a_data_suffix_that_ends_the_metadata_suffix(tmp_path):
+    """With data suffix "data", "k1data.metadata" also ends in "data": still a metadata name."""
+    base = str(tmp_path)
+    layout = Layout(base, data_suffix="data")
+    for name in ["k1data", "k1data.metadata", "k2data"]:
+        _touch(os.path.join(base, "12", "34", name))
+    index, scanner = _scan(layout)
+    assert {e.stem: e.has_metadata for e in index.snapshot()} == {"k1": True, "k2": False}
+    assert scanner.stats.entries == 2
+
+
+def test_a_key_stored_in_two_paths_is_indexed_once(tmp_path):
+    paths = [str(tmp_path / "a"), str(tmp_path / "b")]
+    layout = Layout(paths)
+    for base in paths:
+        _write_entry(layout, base, "twice", 123456)
+    _write_entry(layout, paths[1], "once", 654321)
+    index, scanner = _scan(layout, threads=4)
+    assert len(index) == 2 and scanner.stats.entries == 2
+    assert index.get("twice").base in paths and index.get("once").base == paths[1]
