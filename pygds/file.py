@@ -33,6 +33,7 @@ _MODES = {
     "x": os.O_RDWR | os.O_CREAT | os.O_EXCL,
 }
 _MAX_OFFSET = (1 << 63) - 1
+_FAST_OFFSET_END = 1 << 62  # below it no request of one task can overflow a file offset
 
 
 def _open_fd(path: str, flags: int, perm: int, mode: str) -> int:
@@ -166,9 +167,9 @@ class File:
         # The small-request fast path (issue 8): a BufferView, plain ints, one task; the same
         # checks as `_prepare`, which every other call goes through.
         if (type(buf) is BufferView and type(size) is type(file_offset) is type(buf_offset) is int
-                and handle is not None and 0 < size <= pool.task_size()
-                and 0 <= file_offset <= _MAX_OFFSET - size and 0 <= buf_offset <= buf.nbytes - size
-                and not buf.readonly):
+                and handle is not None and 0 < size and (size <= pool.MIN_TASK_SIZE or size <= pool.task_size())
+                and 0 <= file_offset < _FAST_OFFSET_END
+                and 0 <= buf_offset and buf_offset + size <= buf.nbytes and not buf.readonly):
             try:
                 done = handle.read(buf, size, file_offset, buf_offset)
             except IOFailedError:

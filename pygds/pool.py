@@ -25,7 +25,11 @@ class _ThreadState(threading.local):
 _local = _ThreadState()
 
 
-def _env_int(name: str, default: int) -> int:
+MIN_TASK_SIZE = 4096
+"""The smallest task size: a request of at most this many bytes is never split."""
+
+
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -33,13 +37,13 @@ def _env_int(name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise InvalidArgumentError(f"{name}={raw!r} is not an integer; unset it or give a positive integer") from None
-    if value < 1:
-        raise InvalidArgumentError(f"{name}={raw!r} must be at least 1")
+    if value < minimum:
+        raise InvalidArgumentError(f"{name}={raw!r} must be at least {minimum}")
     return value
 
 
 _threads = _env_int("PYGDS_NTHREADS", 4)
-_task_size = _env_int("PYGDS_TASK_SIZE", 4 << 20)
+_task_size = _env_int("PYGDS_TASK_SIZE", 4 << 20, MIN_TASK_SIZE)
 _executor: ThreadPoolExecutor | None = None
 
 
@@ -66,8 +70,8 @@ def set_num_threads(n: int) -> None:
 def set_task_size(nbytes: int) -> None:
     """Bytes per task when a request is split."""
     global _task_size
-    if int(nbytes) < 4096:
-        raise InvalidArgumentError(f"task size must be at least 4096 bytes, got {nbytes}")
+    if int(nbytes) < MIN_TASK_SIZE:
+        raise InvalidArgumentError(f"task size must be at least {MIN_TASK_SIZE} bytes, got {nbytes}")
     _task_size = int(nbytes)
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -121,6 +123,17 @@ def test_large_request_is_split_over_threads(tmp_path, monkeypatch):
     finally:
         pool.set_task_size(4 << 20)
     assert bytes(out) == data
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"PYGDS_TASK_SIZE": "100"}, "PYGDS_TASK_SIZE='100' must be at least 4096"),
+    ({"PYGDS_NTHREADS": "0"}, "PYGDS_NTHREADS='0' must be at least 1"),
+    ({"PYGDS_NTHREADS": "four"}, "PYGDS_NTHREADS='four' is not an integer"),
+])
+def test_bad_pool_settings_fail_at_import_naming_the_variable(env, message):
+    done = subprocess.run([sys.executable, "-c", "import pygds"], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and message in done.stderr
 
 
 def test_marked_io_threads_run_requests_whole(tmp_path):

@@ -51,7 +51,8 @@ class CuFileHandle(EngineHandle):
         starts, ends = registry.ranges
         i = bisect_right(starts, ptr) - 1
         if i >= 0 and ptr + size <= ends[i]:
-            ret = self._read(self.handle, starts[i], size, file_offset, ptr - starts[i])
+            base = starts[i]
+            ret = self._read(self.handle, base, size, file_offset, ptr - base)
         else:
             ret = self._read(self.handle, ptr, size, file_offset, 0)
         if ret >= 0:
@@ -63,7 +64,8 @@ class CuFileHandle(EngineHandle):
         starts, ends = registry.ranges
         i = bisect_right(starts, ptr) - 1
         if i >= 0 and ptr + size <= ends[i]:
-            ret = self._write(self.handle, starts[i], size, file_offset, ptr - starts[i])
+            base = starts[i]
+            ret = self._write(self.handle, base, size, file_offset, ptr - base)
         else:
             ret = self._write(self.handle, ptr, size, file_offset, 0)
         if ret >= 0:
