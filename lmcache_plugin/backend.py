@@ -154,7 +154,8 @@ class GdsPluginBackend(AllocatorBackendInterface):
         self.loop = loop
         self._closed = False
         self._registered: Any = None
-        self._buffer_kind = "host"
+        self._buffer: Optional[torch.Tensor] = None
+        self._cpu_backend: Any = None
         self._store: Optional[KVStore] = None
         self._read_pool: Optional[ThreadPoolExecutor] = None
         self._request_keys: list[CacheEngineKey] = []
@@ -185,8 +186,15 @@ class GdsPluginBackend(AllocatorBackendInterface):
                         "host memory and uses POSIX I/O (path affinity still follows device %d)",
                         self.dst_device, self.device_id)
         self._check_hipfile(want_cuda)
-        self._buffer = buffer if buffer is not None else self._allocate_buffer(want_cuda)
-        kind = self._buffer_kind = self._memory_kind(self._buffer)
+        if buffer is None and not (want_cuda and torch.cuda.is_available()) and self.local_cpu_backend is not None:
+            # Host memory next to LMCache's LocalCPUBackend: allocate from it, as LMCache's
+            # LocalDiskBackend does; no buffer of our own, and no copy of every chunk LMCache
+            # hands to a put (StorageManager copies into any other allocator first).
+            self._cpu_backend = self.local_cpu_backend
+            kind = "host"
+        else:
+            self._buffer = buffer if buffer is not None else self._allocate_buffer(want_cuda)
+            kind = self._memory_kind(self._buffer)
         self.plan: EnginePlan = plan_engine(s, _fs_types(s.paths), device_memory=kind in ("device", "managed"))
         for message in self.plan.warnings:
             log.warning("%s", message)
@@ -202,10 +210,12 @@ class GdsPluginBackend(AllocatorBackendInterface):
             direct_io=s.direct_io, data_suffix=self.plan.data_suffix, tmp_max_age_s=s.tmp_max_age_s,
             capacity_bytes=s.capacity_bytes, capacity_fraction=s.capacity_fraction,
             stats_interval_s=_STATS_INTERVAL_S))
+        memory = "LMCache's LocalCPUBackend" if self._buffer is None else f"{self._buffer.numel() >> 20} MiB {kind} buffer"
+        if self._registered:
+            memory += f" registered with {engine}"
         log.info("gds plugin %r started: device %s (affinity %d) writes to %s of %d path(s); engine %s "
-                 "(%s); %d MiB %s buffer%s", s.plugin_name, self.dst_device, self.device_id,
-                 self._store.write_path, len(s.paths), engine, self.plan.reason,
-                 self._buffer.numel() >> 20, kind, " registered with cuFile" if self._registered else "")
+                 "(%s); memory: %s", s.plugin_name, self.dst_device, self.device_id,
+                 self._store.write_path, len(s.paths), engine, self.plan.reason, memory)
 
     def _allocate_buffer(self, want_cuda: bool) -> torch.Tensor:
         size = self.settings.buffer_size_bytes
@@ -252,7 +262,10 @@ class GdsPluginBackend(AllocatorBackendInterface):
         return engine
 
     def initialize_allocator(self, config: Any, metadata: Any) -> MemoryAllocatorInterface:
-        """The allocator over this backend's buffer (LMCache's TensorMemoryAllocator, locked)."""
+        """The allocator over this backend's buffer (LMCache's TensorMemoryAllocator, locked), or
+        the LocalCPUBackend's allocator where that backend's memory is used."""
+        if self._cpu_backend is not None:
+            return self._cpu_backend.get_memory_allocator()
         return _LockedTensorAllocator(self._buffer)
 
     # -- identity -----------------------------------------------------------------------------
@@ -480,7 +493,10 @@ class GdsPluginBackend(AllocatorBackendInterface):
     ) -> Optional[MemoryObj]:
         """A memory object in the (registered) buffer; with `busy_loop`, up to
         `max_alloc_attempts` tries `allocation_attempt_delay_secs` apart. `eviction` does not
-        apply: the buffer holds only chunks in transit."""
+        apply: the buffer holds only chunks in transit. Host memory comes from the
+        LocalCPUBackend, with its own eviction and waiting."""
+        if self._cpu_backend is not None:
+            return self._cpu_backend.allocate(shapes, dtypes, fmt, eviction=eviction, busy_loop=busy_loop)
         return self._retry(lambda: self.memory_allocator.allocate(shapes, dtypes, fmt), busy_loop)
 
     def batched_allocate(
@@ -492,6 +508,9 @@ class GdsPluginBackend(AllocatorBackendInterface):
         eviction: bool = True,
         busy_loop: bool = True,
     ) -> Optional[list[MemoryObj]]:
+        if self._cpu_backend is not None:
+            return self._cpu_backend.batched_allocate(shapes, dtypes, batch_size, fmt, eviction=eviction,
+                                                      busy_loop=busy_loop)
         return self._retry(lambda: self.memory_allocator.batched_allocate(shapes, dtypes, batch_size, fmt),
                            busy_loop)
 
@@ -511,8 +530,10 @@ class GdsPluginBackend(AllocatorBackendInterface):
         return None
 
     def calculate_chunk_budget(self) -> int:
-        """How many full chunks the buffer holds at once."""
-        if self.metadata is None:
+        """How many full chunks the buffer (or the LocalCPUBackend) holds at once."""
+        if self._cpu_backend is not None:
+            return self._cpu_backend.calculate_chunk_budget()
+        if self.metadata is None or self._buffer is None:
             return 0
         chunk = sum(s.numel() * d.itemsize for s, d in zip(self.metadata.get_shapes(),
                                                             self.metadata.get_dtypes()))
@@ -523,17 +544,10 @@ class GdsPluginBackend(AllocatorBackendInterface):
         return self.memory_allocator
 
     def get_allocator_backend(self) -> AllocatorBackendInterface:
-        """Where LMCache allocates the chunks it hands to our puts.
-
-        Our buffer when it is GPU memory (cuFile, hipFile, or the documented POSIX fallback on the
-        pre-registered GPU memory). With a host-memory buffer (a CPU destination) LMCache's own
-        LocalCPUBackend, as its LocalDiskBackend does: LMCache then hands over its chunks as they
-        are instead of copying each one into our buffer first.
-        """
-        host_buffer = self._registered is None and self._buffer_kind not in ("device", "managed")
-        if host_buffer and self.local_cpu_backend is not None:
-            return self.local_cpu_backend
-        return self
+        """Where LMCache allocates the chunks it hands to our puts: this backend (its buffer of
+        GPU memory, registered with cuFile or hipFile or, in the documented POSIX fallback, not),
+        or LMCache's LocalCPUBackend where its host memory is used."""
+        return self._cpu_backend if self._cpu_backend is not None else self
 
     # -- observability and shutdown --------------------------------------------------------
     def stats(self) -> dict[str, Any]:

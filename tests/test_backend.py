@@ -92,7 +92,9 @@ def test_loaded_from_yaml_file_by_create_storage_backends(tmp_path, loop):
         assert list(backends) == ["LocalCPUBackend", "gds"]
         gds = backends["gds"]
         assert isinstance(gds, GdsPluginBackend)
-        assert gds.settings.buffer_size_mib == 4 and gds.get_memory_allocator().buffer.numel() == 4 << 20
+        assert gds.settings.buffer_size_mib == 4  # read, though a CPU destination needs no buffer of its own:
+        cpu = backends["LocalCPUBackend"]  # it allocates from LMCache's CPU backend, as LocalDiskBackend does
+        assert gds.get_allocator_backend() is cpu and gds.get_memory_allocator() is cpu.get_memory_allocator()
         keys = [make_key(h) for h in (123456789, -42, 7, 10**18 + 3)]
         data = put_all(gds, keys)
         assert all(gds.contains(k) for k in keys)
@@ -106,29 +108,34 @@ def test_loaded_from_yaml_file_by_create_storage_backends(tmp_path, loop):
 
 
 def test_storage_manager_hands_cpu_chunks_over_without_a_copy(tmp_path):
-    """On a CPU destination the plugin's allocator backend is LMCache's LocalCPUBackend, as for
-    LocalDiskBackend: StorageManager.batched_put hands its chunks over as they are. Proof by
-    behaviour: the plugin's own 1 MiB buffer cannot hold a 2 MiB chunk, so a copy into it (what
-    LMCache does for any other allocator backend) would fail and store nothing."""
+    """On a CPU destination the plugin allocates from LMCache's LocalCPUBackend, as LocalDiskBackend
+    does: StorageManager.batched_put copies chunks only into an allocator backend other than its
+    own, so ours get LMCache's chunks as they are; gets land in LocalCPUBackend memory too."""
     from lmcache.v1.event_manager import EventManager
     from lmcache.v1.memory_management import MemoryFormat
     from lmcache.v1.storage_backend.storage_manager import StorageManager
 
-    config = make_config(extra_config=plugin_extra(str(tmp_path / "c"), cufile_buffer_size=1))
+    config = make_config(extra_config=plugin_extra(str(tmp_path / "c"), **BUF))
     manager = StorageManager(config, make_metadata(), EventManager())
     try:
         gds, cpu = manager.storage_backends["gds"], manager.storage_backends["LocalCPUBackend"]
-        assert gds.get_allocator_backend() is cpu
+        assert gds.get_allocator_backend() is cpu is manager.allocator_backend
+        assert gds.get_memory_allocator() is cpu.get_memory_allocator() and gds._buffer is None
         shape = torch.Size([2, 2, 4096, 64])  # 2 MiB of bf16
         obj = manager.allocate(shape, torch.bfloat16, fmt=MemoryFormat.KV_2LTD)
         obj.raw_tensor.view(torch.uint8)[:obj.get_size()] = torch.randint(0, 256, (obj.get_size(),),
                                                                            dtype=torch.uint8)
         data, key = obj_bytes(obj), make_key(31337)
         manager.batched_put([key], [obj])
-        assert gds.store.flush(timeout=30)
-        assert gds.contains(key) and gds.get_memory_allocator().total_allocated_size == 0
-        assert len(data_files(str(tmp_path / "c"))) == 1
-        assert open(data_files(str(tmp_path / "c"))[0], "rb").read()[4096:] == data
+        assert gds.store.flush(timeout=30) and gds.contains(key)
+        (path,) = data_files(str(tmp_path / "c"))
+        assert open(path, "rb").read()[4096:] == data
+        got = gds.get_blocking(key)
+        try:
+            assert obj_bytes(got) == data and got.get_shape() == shape
+            assert cpu.get_memory_allocator().memcheck()
+        finally:
+            got.ref_count_down()
     finally:
         manager.close()
 
