@@ -186,6 +186,12 @@ class File:
 
     def write(self, buf: object, size: int | None = None, file_offset: int = 0, buf_offset: int = 0) -> int:
         """Write from `buf`; returns the bytes written (all of them, or an exception)."""
+        handle = self._handle
+        if (type(buf) is BufferView and type(size) is type(file_offset) is type(buf_offset) is int
+                and handle is not None and 0 < size and (size <= pool.MIN_TASK_SIZE or size <= pool.task_size())
+                and 0 <= file_offset < _FAST_OFFSET_END and 0 <= buf_offset and buf_offset + size <= buf.nbytes
+                and self.mode != "r"):  # `read`'s fast path, for writing
+            return _write_full(handle, buf, size, file_offset, buf_offset, self.path)
         handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=True)
         if pool.inline(size) or self._serial_write(handle, view):
             return _write_full(handle, view, size, file_offset, buf_offset, self.path)

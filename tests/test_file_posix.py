@@ -45,18 +45,20 @@ def test_round_trip_any_size(tmp_path, size, direct):
 @pytest.mark.parametrize("direct", [False, True], ids=["buffered", "O_DIRECT"])
 @pytest.mark.parametrize("file_offset,buf_offset,size", [
     (1, 3, 5000), (4095, 1, 4098), (12288, 0, 8192), (777, 4096, 3 * 4096 + 11), (5, 5, (4 << 20) + 9999)])
-def test_unaligned_offsets(tmp_path, direct, file_offset, buf_offset, size):
+@pytest.mark.parametrize("as_view", [False, True], ids=["bytearray", "BufferView"])
+def test_unaligned_offsets(tmp_path, direct, file_offset, buf_offset, size, as_view):
     path = tmp_path / "u.bin"
     base = rand(file_offset + size + 100, seed=1)
     path.write_bytes(base)
     src = bytearray(rand(buf_offset + size, seed=2))
+    view = pygds.as_buffer if as_view else (lambda b: b)
     with pygds.File(path, "r+", direct=direct) as f:
-        assert f.write(src, size, file_offset, buf_offset) == size
+        assert f.write(view(src), size, file_offset, buf_offset) == size
     expect = base[:file_offset] + bytes(src[buf_offset:buf_offset + size]) + base[file_offset + size:]
     assert path.read_bytes() == expect
     out = bytearray(buf_offset + size)
     with pygds.File(path, "r", direct=direct) as f:
-        assert f.read(out, size, file_offset, buf_offset) == size
+        assert f.read(view(out), size, file_offset, buf_offset) == size
     assert out[buf_offset:] == src[buf_offset:buf_offset + size]
     assert out[:buf_offset] == bytearray(buf_offset)
 
@@ -80,12 +82,12 @@ def test_buffer_kinds(tmp_path):
     assert path.read_bytes() == data
 
 
-# A BufferView with int arguments takes File.read's fast path; anything else goes through the
-# full argument handling: every read behaviour is checked on both.
-READ_BUFFERS = {"bytearray": bytearray, "BufferView": lambda n: pygds.as_buffer(bytearray(n))}
+# A BufferView with int arguments takes File.read's and File.write's fast path; anything else goes
+# through the full argument handling: every behaviour is checked on both.
+BUFFERS = {"bytearray": bytearray, "BufferView": lambda n: pygds.as_buffer(bytearray(n))}
 
 
-@pytest.mark.parametrize("make", READ_BUFFERS.values(), ids=READ_BUFFERS.keys())
+@pytest.mark.parametrize("make", BUFFERS.values(), ids=BUFFERS.keys())
 def test_short_read_at_end_of_file_is_reported(tmp_path, make):
     path = tmp_path / "short.bin"
     data = rand(1000)
@@ -100,7 +102,7 @@ def test_short_read_at_end_of_file_is_reported(tmp_path, make):
         assert f.pread(out).result() == 1000
 
 
-@pytest.mark.parametrize("make", READ_BUFFERS.values(), ids=READ_BUFFERS.keys())
+@pytest.mark.parametrize("make", BUFFERS.values(), ids=BUFFERS.keys())
 def test_read_failure_names_the_cause(tmp_path, make):
     with pygds.File(tmp_path) as f:  # a directory opens read-only, but reading it fails with EISDIR
         with pytest.raises(pygds.IOFailedError, match=f"read of 4096 bytes at offset 8 of {tmp_path}.*directory"):
@@ -175,8 +177,9 @@ def test_write_to_read_only_file(tmp_path):
     path = tmp_path / "ro.bin"
     path.write_bytes(b"x" * 10)
     with pygds.File(path, "r") as f:
-        with pytest.raises(pygds.IOFailedError, match="read-only"):
-            f.write(b"abc")
+        for buf in (b"abc", pygds.as_buffer(b"abc")):
+            with pytest.raises(pygds.IOFailedError, match="read-only"):
+                f.write(buf, 3)
     assert path.read_bytes() == b"x" * 10
 
 
@@ -220,9 +223,9 @@ def test_permission_denied(tmp_path):
 ])
 def test_bad_arguments(tmp_path, kwargs, match):
     with pygds.File(tmp_path / "a.bin", "w+") as f:
-        with pytest.raises(pygds.InvalidArgumentError, match=match):
-            f.write(bytearray(100), **kwargs)
-        for make in READ_BUFFERS.values():
+        for make in BUFFERS.values():
+            with pytest.raises(pygds.InvalidArgumentError, match=match):
+                f.write(make(100), **kwargs)
             with pytest.raises(pygds.InvalidArgumentError, match=match):
                 f.read(make(100), **{"size": 1, **kwargs})
     assert (tmp_path / "a.bin").stat().st_size == 0
