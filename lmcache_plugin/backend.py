@@ -182,8 +182,8 @@ class GdsPluginBackend(AllocatorBackendInterface):
         self.device_id = s.device_id if s.device_id is not None else (index or 0)
         want_cuda = index is not None
         if buffer is None and want_cuda and not torch.cuda.is_available():
-            log.warning("dst_device=%s but torch has no CUDA here: the gds plugin keeps its buffer in "
-                        "host memory and uses POSIX I/O (path affinity still follows device %d)",
+            log.warning("dst_device=%s but torch has no CUDA here: the gds plugin uses "
+                        "host memory and POSIX I/O (path affinity still follows device %d)",
                         self.dst_device, self.device_id)
         self._check_hipfile(want_cuda)
         if buffer is None and not (want_cuda and torch.cuda.is_available()) and self.local_cpu_backend is not None:
