@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from . import _cufile_abi as abi
 from . import pool
 from ._lib import cufile
+from ._lifetime import Closeable
 from .errors import InvalidArgumentError, PygdsError, check_status, decode_batch_event
 from .file import File
 
@@ -40,7 +41,7 @@ class _Op:
     write: bool
 
 
-class Batch:
+class Batch(Closeable):
     """Collect operations with `read`/`write`, then `submit()` and `wait()`; a context manager."""
 
     def __init__(self, max_ops: int = 128) -> None:
@@ -183,9 +184,3 @@ class Batch:
     def close(self) -> None:
         """Release the cuFile batch (waits for nothing; call `wait()` first)."""
         self._destroy()
-
-    def __enter__(self) -> Batch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -18,6 +18,7 @@ from typing import Any
 from . import _cufile_abi as abi
 from . import guard
 from ._lib import cufile
+from ._lifetime import ClosedWhenCollected
 from .errors import InvalidArgumentError, PygdsError, check_status
 from .memory import BufferView, as_buffer
 
@@ -66,7 +67,7 @@ class DriverProperties:
         return out
 
 
-class DriverBase:
+class DriverBase(ClosedWhenCollected):
     """What cuFile's and hipFile's drivers share: a reference to process-wide driver state, the
     first reference opening it and the last `close()` closing it; size limits, poll mode and
     parameters by name. Subclasses name their library (`api`, `_library`), check its status
@@ -125,18 +126,6 @@ class DriverBase:
             if cls._refs == 0:
                 self._close_driver()
                 log.debug("%s driver closed", self.api)
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finalizer
-            pass
 
     @classmethod
     def use_count(cls) -> int:
@@ -327,7 +316,7 @@ class Registry:
 registry = Registry()
 
 
-class RegisteredBufferBase:
+class RegisteredBufferBase(ClosedWhenCollected):
     """Memory registered with the library's `BufRegister` until `close()`; a context manager.
 
     Any read or write into memory inside the range passes the registered base and an offset, so
@@ -368,18 +357,6 @@ class RegisteredBufferBase:
         if self._own_driver is not None:
             self._own_driver.close()
             self._own_driver = None
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finalizer
-            pass
 
 
 class RegisteredBuffer(RegisteredBufferBase):

@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import Future
 
 from . import guard, pool
+from ._lifetime import ClosedWhenCollected
 from .engines.base import EngineHandle
 from .engines.posix import PosixHandle
 from .errors import FileClosedError, InvalidArgumentError, IOFailedError, PygdsError
@@ -33,6 +34,7 @@ _MODES = {
     "x": os.O_RDWR | os.O_CREAT | os.O_EXCL,
 }
 _MAX_OFFSET = (1 << 63) - 1
+_GDS_APIS = {"cufile": "cuFile", "hipfile": "hipFile"}  # the GPU-direct engines, by engine name
 _FAST_OFFSET_END = 1 << 62  # below it no request of one task can overflow a file offset
 
 
@@ -54,7 +56,18 @@ def _open_fd(path: str, flags: int, perm: int, mode: str) -> int:
         raise OSError(exc.errno, f"cannot open {path} (mode {mode!r}): {exc.strerror}", path) from None
 
 
-class File:
+def _gds_handle_class(engine: str) -> type[EngineHandle]:
+    """The handle class of a GPU-direct engine, imported only when that engine is chosen."""
+    if engine == "cufile":
+        from .engines.cufile import CuFileHandle
+
+        return CuFileHandle
+    from .engines.hipfile import HipFileHandle
+
+    return HipFileHandle
+
+
+class File(ClosedWhenCollected):
     """A file for GPU-direct (or POSIX) I/O.
 
     `mode` is "r", "r+", "w", "w+", "a" or "x" (as for `open`, always binary). `engine` is
@@ -89,24 +102,13 @@ class File:
         choice = guard.choose_engine(engine)
         requested = guard.requested_engine(engine)
         fd = self.direct_fd if self.direct_fd is not None else self.fd
-        if choice.name == "cufile":
-            from .engines.cufile import CuFileHandle
-
+        if choice.name in _GDS_APIS:
             try:
-                return CuFileHandle(fd, self.path)
+                return _gds_handle_class(choice.name)(fd, self.path)
             except PygdsError as exc:
                 if requested != "auto":
                     raise
-                guard.log_fallback_once(f"cuFile failed on {self.path}: {exc}")
-        elif choice.name == "hipfile":
-            from .engines.hipfile import HipFileHandle
-
-            try:
-                return HipFileHandle(fd, self.path)
-            except PygdsError as exc:
-                if requested != "auto":
-                    raise
-                guard.log_fallback_once(f"hipFile failed on {self.path}: {exc}")
+                guard.log_fallback_once(f"{_GDS_APIS[choice.name]} failed on {self.path}: {exc}")
         elif requested == "auto":
             guard.log_fallback_once(choice.reason)
         return PosixHandle(self.fd, self.direct_fd)
@@ -259,18 +261,6 @@ class File:
             if fd is not None and fd >= 0:
                 os.close(fd)
         self.fd, self.direct_fd = -1, None
-
-    def __enter__(self) -> File:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finalizer
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else self.engine

@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from . import cuda, guard, hip
+from ._lifetime import Closeable
 from .cuda import (
     CudaError,
     cuda_available,
@@ -364,7 +365,7 @@ def _free_quietly(free: Any, *args: int) -> None:
         log.warning("pygds could not free GPU memory: %s", exc)
 
 
-class _Allocation:
+class _Allocation(Closeable):
     """The life cycle DeviceBuffer and PinnedBuffer share: `close()` (twice is fine), `with`, GC."""
 
     nbytes: int
@@ -390,12 +391,6 @@ class _Allocation:
         self._closed = True
         if self._free is not None:
             self._free()
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"ptr={self._ptr:#x}"
