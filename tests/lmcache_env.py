@@ -1,6 +1,7 @@
 """Building LMCache 0.5.6's objects the way LMCache builds them, for tests (CPU only).
 
-Plain functions and context managers; import them from any test. Everything here is the real
+Plain functions and context managers, and two pytest fixtures that a test module uses by
+importing them (`loop`, and the autouse `no_lmcache_environment`). Everything here is the real
 `lmcache` package: configs, metadata, keys, LMCache's own backend factory and plugin loader, its
 asyncio loop thread, and memory objects from its allocators.
 """
@@ -15,6 +16,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Iterator, Mapping
 
+import pytest
 import torch
 from lmcache.utils import CacheEngineKey, start_loop_in_thread_with_exceptions
 from lmcache.v1.config import LMCacheEngineConfig
@@ -116,6 +118,20 @@ def event_loop() -> Iterator[asyncio.AbstractEventLoop]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """LMCache's asyncio loop thread for one test."""
+    with event_loop() as lp:
+        yield lp
+
+
+@pytest.fixture(autouse=True)
+def no_lmcache_environment() -> Iterator[None]:
+    """The plugin reads LMCACHE_* variables; the tests set the ones they mean."""
+    with patched_environ({}):
+        yield
 
 
 def run(loop: asyncio.AbstractEventLoop, coro: Any, timeout: float = 30) -> Any:

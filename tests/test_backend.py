@@ -18,7 +18,6 @@ from lmcache_env import (
     close_all,
     config_from_env,
     create_backends,
-    event_loop,
     launch_plugins,
     make_config,
     make_key,
@@ -30,24 +29,12 @@ from lmcache_env import (
     registration,
     run,
 )
+from lmcache_env import loop, no_lmcache_environment  # noqa: F401 - fixtures, used by name
 
 from lmcache_plugin.backend import GdsPluginBackend, device_index
 from lmcache_plugin.config import check_config
 
 BUF = {"cufile_buffer_size": 4}  # MiB: plenty for 2 KiB chunks
-
-
-@pytest.fixture(autouse=True)
-def no_lmcache_environment():
-    """The plugin reads LMCACHE_* variables; the tests set the ones they mean."""
-    with patched_environ({}):
-        yield
-
-
-@pytest.fixture
-def loop():
-    with event_loop() as lp:
-        yield lp
 
 
 def put_all(backend, keys, seed=0):

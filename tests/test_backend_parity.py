@@ -35,30 +35,17 @@ from lmcache_env import (
     make_key,
     make_metadata,
     obj_bytes,
-    patched_environ,
     plugin_extra,
     random_obj,
     run,
 )
+from lmcache_env import loop, no_lmcache_environment  # noqa: F401 - fixtures, used by name
 
 from lmcache_plugin.backend import GdsPluginBackend
 from lmcache_plugin.config import PluginSettings, plan_engine
 from pygds import fsinfo
 
 ENTRY = 4096 + 2 * 2 * CHUNK * 16 * 2 + 4096  # data file (header + 2 KiB) and its .metadata
-
-
-@pytest.fixture(autouse=True)
-def no_lmcache_environment():
-    """The plugin reads LMCACHE_* variables; the tests set the ones they mean."""
-    with patched_environ({}):
-        yield
-
-
-@pytest.fixture
-def loop():
-    with event_loop() as lp:
-        yield lp
 
 
 @pytest.fixture

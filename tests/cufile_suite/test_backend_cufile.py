@@ -19,14 +19,13 @@ import torch
 from lmcache.v1.memory_management import MemoryFormat
 from lmcache_env import (
     chunk_shape,
-    event_loop,
     make_config,
     make_key,
     make_metadata,
-    patched_environ,
     plugin_extra,
     run,
 )
+from lmcache_env import loop, no_lmcache_environment  # noqa: F401 - fixtures, used by name
 
 from lmcache_plugin.backend import GdsPluginBackend
 from lmcache_plugin.format import EntryHeader, pack_header
@@ -66,18 +65,6 @@ class DeviceMemory:
         out = bytearray(n)
         self.device_buffer.copy_to_host(out, n, offset=offset)
         return bytes(out)
-
-
-@pytest.fixture(autouse=True)
-def no_lmcache_environment():
-    with patched_environ({}):
-        yield
-
-
-@pytest.fixture
-def loop():
-    with event_loop() as lp:
-        yield lp
 
 
 def start(path: str, loop, memory: DeviceMemory) -> GdsPluginBackend:
