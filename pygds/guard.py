@@ -15,6 +15,7 @@ import os
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 from .errors import DriverUnavailableError, InvalidArgumentError, LibraryNotFoundError, PygdsError, hip_error_name
 
@@ -70,15 +71,19 @@ def _probe_cuda() -> Check:
 @lru_cache(maxsize=1)
 def check_cuda_driver() -> Check:
     """libcuda loads, `cuInit` succeeds and at least one device exists — decided within a second."""
+    return _probe_within(_probe_cuda, _CUDA_TIMEOUT_S, "pygds-cuda-probe", Check(
+        False, f"the CUDA driver did not answer cuInit within {_CUDA_TIMEOUT_S:.0f} s",
+        "check the NVIDIA driver (nvidia-smi), or use the POSIX engine"))
+
+
+def _probe_within(probe: Callable[[], Check], seconds: float, name: str, silent: Check) -> Check:
+    """`probe()` on a daemon thread, or `silent` when it has not answered within `seconds`: a hung
+    driver call cannot be interrupted, only left behind."""
     result: list[Check] = []
-    worker = threading.Thread(target=lambda: result.append(_probe_cuda()), daemon=True,
-                              name="pygds-cuda-probe")
+    worker = threading.Thread(target=lambda: result.append(probe()), daemon=True, name=name)
     worker.start()
-    worker.join(_CUDA_TIMEOUT_S)
-    if not result:
-        return Check(False, f"the CUDA driver did not answer cuInit within {_CUDA_TIMEOUT_S:.0f} s",
-                     "check the NVIDIA driver (nvidia-smi), or use the POSIX engine")
-    return result[0]
+    worker.join(seconds)
+    return result[0] if result else silent
 
 
 def loaded_hip_runtime(maps: str = "/proc/self/maps") -> str | None:
@@ -127,14 +132,9 @@ def _probe_hip() -> Check:
 @lru_cache(maxsize=1)
 def check_hip_runtime() -> Check:
     """libamdhip64 loads, `hipInit` succeeds and at least one AMD GPU exists — decided within a second."""
-    result: list[Check] = []
-    worker = threading.Thread(target=lambda: result.append(_probe_hip()), daemon=True, name="pygds-hip-probe")
-    worker.start()
-    worker.join(_HIP_TIMEOUT_S)
-    if not result:
-        return Check(False, f"the HIP runtime did not answer hipInit within {_HIP_TIMEOUT_S:.0f} s",
-                     "check the amdgpu driver (`amd-smi list`, dmesg), or use the POSIX engine")
-    return result[0]
+    return _probe_within(_probe_hip, _HIP_TIMEOUT_S, "pygds-hip-probe", Check(
+        False, f"the HIP runtime did not answer hipInit within {_HIP_TIMEOUT_S:.0f} s",
+        "check the amdgpu driver (`amd-smi list`, dmesg), or use the POSIX engine"))
 
 
 def ensure_hipfile_safe() -> None:
