@@ -2,21 +2,33 @@
 
 When every operation is on a cuFile file into device memory the batch goes through cuFile's batch API
 (`cuFileBatchIOSetUp`/`Submit`/`GetStatus`/`Cancel`/`Destroy`); otherwise the operations run on
-pygds's thread pool. Either way each operation succeeds or fails on its own.
+pygds's thread pool. Either way each operation succeeds or fails on its own. A submitted batch
+counts as a user of each of its files until its last operation has ended, so closing a file first
+finishes the batch's operations on it (see `File.close`).
 """
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import _cufile_abi as abi
-from . import pool
 from ._lib import cufile
 from ._lifetime import Closeable
-from .errors import InvalidArgumentError, PygdsError, check_status, decode_batch_event
+from .errors import (
+    FileClosedError,
+    InvalidArgumentError,
+    PygdsError,
+    check_status,
+    decode_batch_event,
+)
 from .file import File
+
+if TYPE_CHECKING:
+    from .engines.cufile import CuFileHandle
 
 _FINISHED = (abi.CUFILE_COMPLETE, abi.CUFILE_FAILED, abi.CUFILE_CANCELED, abi.CUFILE_TIMEOUT, abi.CUFILE_INVALID)
 
@@ -54,6 +66,8 @@ class Batch(Closeable):
         self._handle = abi.CUfileBatchHandle_t()
         self._params: ctypes.Array | None = None
         self._submitted = False
+        self._files: list[File] = []  # the files a cuFile batch holds open until it has ended
+        self._lock = threading.RLock()  # `wait`, `cancel`, `close` and a closing file's drain
 
     def _add(self, file: File, buf: object, size: int | None, file_offset: int, buf_offset: int,
              write: bool) -> int:
@@ -65,12 +79,12 @@ class Batch(Closeable):
         self._ops.append(_Op(file, view, size, file_offset, buf_offset, write))
         return len(self._ops) - 1
 
-    def read(self, file: File, buf: object, size: int | None = None, file_offset: int = 0,
+    def read(self, file: File, buf: object, size: int | None = None, file_offset: int = 0, *,
              buf_offset: int = 0) -> int:
         """Queue a read; returns its index."""
         return self._add(file, buf, size, file_offset, buf_offset, False)
 
-    def write(self, file: File, buf: object, size: int | None = None, file_offset: int = 0,
+    def write(self, file: File, buf: object, size: int | None = None, file_offset: int = 0, *,
               buf_offset: int = 0) -> int:
         """Queue a write; returns its index."""
         return self._add(file, buf, size, file_offset, buf_offset, True)
@@ -79,8 +93,8 @@ class Batch(Closeable):
     def uses_cufile(self) -> bool:
         """cuFile's batch API only for device memory on cuFile files: in compatibility mode its
         batches into host memory fail intermittently, so those run on the thread pool instead."""
-        return bool(self._ops) and all(op.file.engine == "cufile" and op.view.kind in ("device", "managed")
-                                       for op in self._ops)
+        return bool(self._ops) and all(not op.file.closed and op.file.engine == "cufile"
+                                       and op.view.kind in ("device", "managed") for op in self._ops)
 
     def submit(self) -> None:
         """Start every queued operation."""
@@ -91,16 +105,28 @@ class Batch(Closeable):
             self._submit_cufile()
         else:
             for op in self._ops:
-                fn = op.file.pwrite if op.write else op.file.pread
-                self._futures.append(fn(op.view, op.size, op.file_offset, op.buf_offset))
+                self._futures.append(_pool_op(op))
 
     def _submit_cufile(self) -> None:
+        with self._lock:
+            handles: dict[int, CuFileHandle] = {}
+            try:
+                for op in self._ops:
+                    if id(op.file) not in handles:
+                        handles[id(op.file)] = op.file._acquire(self._drain)
+                        self._files.append(op.file)
+                self._submit_params(handles)
+            except BaseException:
+                self._release_files()
+                raise
+
+    def _submit_params(self, handles: dict[int, CuFileHandle]) -> None:
         lib = cufile()
         n = len(self._ops)
         check_status("cuFileBatchIOSetUp", lib.cuFileBatchIOSetUp(ctypes.byref(self._handle), n))
         params = (abi.CUfileIOParams_t * n)()
         for i, op in enumerate(self._ops):
-            handle = op.file._live()
+            handle = handles[id(op.file)]
             base, offset = handle._base(op.view, op.size, op.buf_offset)
             p = params[i]
             p.mode = abi.CUFILE_BATCH
@@ -123,7 +149,9 @@ class Batch(Closeable):
         if not self._submitted:
             self.submit()
         if self._params is not None:
-            self._wait_cufile(timeout)
+            with self._lock:
+                if self._handle:
+                    self._wait_cufile(timeout)
         else:
             for i, fut in enumerate(self._futures):
                 if i in self._results:
@@ -165,12 +193,16 @@ class Batch(Closeable):
 
     def cancel(self) -> None:
         """Cancel what has not completed; `wait()` then reports those as "canceled"."""
-        if self._params is not None and self._handle:
-            check_status("cuFileBatchIOCancel", cufile().cuFileBatchIOCancel(self._handle))
-            self._wait_cufile(0)  # collect what completed before the cancel took effect
-            for i in range(len(self._ops)):
-                self._results.setdefault(i, BatchResult(i, "canceled"))
-            self._destroy()
+        if self._params is not None:
+            with self._lock:
+                if not self._handle:
+                    return
+                # cuFileBatchIOCancel returns once no request is in flight (so the files may close)
+                check_status("cuFileBatchIOCancel", cufile().cuFileBatchIOCancel(self._handle))
+                self._wait_cufile(0)  # collect what completed before the cancel took effect
+                for i in range(len(self._ops)):
+                    self._results.setdefault(i, BatchResult(i, "canceled"))
+                self._destroy()
         else:
             for i, fut in enumerate(self._futures):
                 if fut.cancel():
@@ -180,7 +212,40 @@ class Batch(Closeable):
         if self._handle:
             cufile().cuFileBatchIODestroy(self._handle)
             self._handle = abi.CUfileBatchHandle_t()
+        self._release_files()
+
+    def _release_files(self) -> None:
+        files, self._files = self._files, []
+        for file in files:
+            file._release(self._drain)
+
+    def _drain(self) -> None:
+        """See every operation of a submitted cuFile batch to its end, then release the batch and
+        its files; run by `close()` and by a file's `close()`. The results stay for `wait()`."""
+        with self._lock:
+            if not self._handle:
+                return
+            try:
+                self._wait_cufile(None)
+            except PygdsError as exc:  # the status is lost: stop what runs; each unfinished operation fails with why
+                cufile().cuFileBatchIOCancel(self._handle)
+                for i in range(len(self._ops)):
+                    self._results.setdefault(i, BatchResult(i, "failed", 0, exc))
+            finally:
+                self._destroy()
 
     def close(self) -> None:
-        """Release the cuFile batch (waits for nothing; call `wait()` first)."""
-        self._destroy()
+        """Finish the operations submitted (their results stay for `wait()`), then release the
+        cuFile batch."""
+        self._drain()
+
+
+def _pool_op(op: _Op) -> Future:
+    """One operation on the pool; a file closed since it was queued fails only that operation."""
+    fn = op.file.pwrite if op.write else op.file.pread
+    try:
+        return fn(op.view, op.size, op.file_offset, buf_offset=op.buf_offset)
+    except FileClosedError as exc:
+        failed: Future = Future()
+        failed.set_exception(exc)
+        return failed

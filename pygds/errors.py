@@ -424,23 +424,55 @@ class HipFileError(PygdsError):
         return _rebuild, (HipFileError, (self.op, self.code, self.hip_err), {"path": self.path})
 
 
-_ERRNO_HINTS: dict[int, str] = {
-    _errno.ENOSPC: "the file system is full; free space or write elsewhere",
-    _errno.EDQUOT: "the disk quota is used up; free space or raise the quota",
-    _errno.EBADF: "the descriptor is closed or lacks the access this operation needs (read vs write)",
+#: errno -> what it means for a read or write, and what to do; the one home of this advice.
+_ERRNO_ADVICE: dict[int, str] = {
+    _errno.ENOSPC: "the file system is full; free space on it or write elsewhere",
+    _errno.EDQUOT: "the disk quota is used up; free space within it or raise the quota",
+    _errno.EBADF: "the descriptor is closed or lacks the access this operation needs (read vs write); "
+                  "open the file in a mode that allows it",
     _errno.EINVAL: "an invalid argument; with O_DIRECT, offsets, sizes and buffer addresses must be aligned "
-                   "to the logical block size",
-    _errno.EIO: "a low-level I/O error (failing device, or cuFile's async path without nvidia-fs)",
+                   "to the logical block size: try without direct=True",
+    _errno.EIO: "a low-level I/O error (a failing device, or cuFile's async path without nvidia-fs); "
+                "check the device (dmesg) and the file system",
     _errno.EFAULT: "the buffer address is not accessible memory",
-    _errno.EFBIG: "the write would exceed the maximum file size",
-    _errno.EROFS: "the file system is mounted read-only",
-    _errno.EACCES: "permission denied",
-    _errno.EPERM: "operation not permitted",
+    _errno.EROFS: "the file system is mounted read-only; remount it read-write or use another path",
+    _errno.EACCES: "permission denied; check the file's permissions",
+    _errno.EPERM: "operation not permitted; check the file's permissions and attributes (chattr)",
+    _errno.EISDIR: "the path is a directory; pass the path of a file",
+    _errno.ESPIPE: "the file cannot be read or written at an offset (a pipe, FIFO or socket); pass a regular "
+                   "file or a block device",
     _errno.EAGAIN: "the resource is temporarily unavailable; retry",
     _errno.EINTR: "interrupted by a signal; retry",
     _errno.ECANCELED: "the request was cancelled",
     _errno.ETIMEDOUT: "the request timed out",
 }
+
+
+def _file_size_limit() -> int | None:
+    """The process's RLIMIT_FSIZE in bytes, or None when unlimited (or unknown on this platform)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def errno_advice(code: int, *, end: int | None = None) -> str | None:
+    """What `code` means for a read or write, with the fix; None for an errno without advice.
+
+    `end` is the file offset the request would reach: EFBIG is blamed on `ulimit -f` only when
+    that limit is set and the request passes it, else on the file system's maximum file size.
+    """
+    if code != _errno.EFBIG:
+        return _ERRNO_ADVICE.get(code)
+    limit = _file_size_limit()
+    if limit is not None and (end is None or end > limit):
+        return (f"the process's file-size limit (ulimit -f / RLIMIT_FSIZE) is {limit} bytes; raise it "
+                "or write less")
+    reach = f" (the request ends at byte {end})" if end is not None else ""
+    return (f"the write would pass the largest file size the file system allows{reach}; write at a "
+            "smaller offset, or use a file system that allows larger files")
 
 
 class IOFailedError(PygdsError, OSError):
@@ -454,7 +486,7 @@ class IOFailedError(PygdsError, OSError):
         self.path = path
         if message is None:
             where = f" on {path}" if path else ""
-            hint = _ERRNO_HINTS.get(errno)
+            hint = errno_advice(errno)
             name = _errno.errorcode.get(errno, str(errno))
             message = f"{op or 'I/O'} failed{where}: [{name}] {strerror}" + (f" ({hint})" if hint else "")
         self.message = message

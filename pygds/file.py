@@ -5,47 +5,65 @@ bytes synchronously and return the count; `pread`/`pwrite` return futures. Reque
 the task size are split over the shared pool (`pygds.pool`), a synchronous caller working through
 the pieces too; buffered POSIX writes from host memory go in one call instead (the file system
 serialises them anyway). Short reads at end of file are returned, never hidden; a short write raises.
+
+Every call, future, batch and stream transfer that may touch the descriptors is counted on the
+`File` from before it looks at the handle until its last piece has ended, and holds the `File`
+meanwhile; `close()` waits for that count to reach zero before it deregisters and closes the
+descriptors, so no piece ever runs on a closed descriptor or on another file that reused its number.
 """
 from __future__ import annotations
 
 import errno
 import logging
 import os
+import stat
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from . import guard, pool
 from ._lifetime import ClosedWhenCollected
 from .engines.base import EngineHandle
 from .engines.posix import PosixHandle
-from .errors import FileClosedError, InvalidArgumentError, IOFailedError, PygdsError
+from .errors import (
+    FileClosedError,
+    InvalidArgumentError,
+    IOFailedError,
+    PygdsError,
+    errno_advice,
+)
 from .memory import BufferView, as_buffer
 from .stream import StreamIO
 from .stream import submit as stream_submit
 
 log = logging.getLogger(__name__)
 
-_MODES = {
+_MODES = {  # as `open` documents them; "+" adds the other direction
     "r": os.O_RDONLY,
     "r+": os.O_RDWR,
-    "w": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+    "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
     "w+": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
-    "a": os.O_RDWR | os.O_CREAT,
-    "x": os.O_RDWR | os.O_CREAT | os.O_EXCL,
+    "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+    "x+": os.O_RDWR | os.O_CREAT | os.O_EXCL,
 }
+_APPEND_MODES = ("a", "a+")
 _MAX_OFFSET = (1 << 63) - 1
 _GDS_APIS = {"cufile": "cuFile", "hipfile": "hipFile"}  # the GPU-direct engines, by engine name
 _FAST_OFFSET_END = 1 << 62  # below it no request of one task can overflow a file offset
 
 
 def _open_fd(path: str, flags: int, perm: int, mode: str) -> int:
+    """Open `path`; every failure names the path, the mode, the cause and the fix. A directory is
+    refused here (reading it would only fail later, with EISDIR from the first read)."""
     try:
-        return os.open(path, flags | os.O_CLOEXEC, perm)
+        fd = os.open(path, flags | os.O_CLOEXEC, perm)
     except FileNotFoundError as exc:
         parent = os.path.dirname(os.path.abspath(path))
         cause = (f"directory {parent} does not exist; create it first" if not os.path.isdir(parent)
                  else "no such file; open with mode 'w' or 'x' to create it")
         raise FileNotFoundError(exc.errno, f"cannot open {path} (mode {mode!r}): {cause}", path) from None
+    except IsADirectoryError:
+        raise _is_a_directory(path, mode) from None
     except PermissionError as exc:
         raise PermissionError(exc.errno, f"cannot open {path} (mode {mode!r}): permission denied; "
                                          "check the file and directory permissions or open read-only", path) from None
@@ -54,6 +72,15 @@ def _open_fd(path: str, flags: int, perm: int, mode: str) -> int:
             raise OSError(exc.errno, f"cannot open {path} with O_DIRECT: the file system does not support it "
                                      "(tmpfs before Linux 6.6, some FUSE file systems); open without direct=True", path) from None
         raise OSError(exc.errno, f"cannot open {path} (mode {mode!r}): {exc.strerror}", path) from None
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _is_a_directory(path, mode)
+    return fd
+
+
+def _is_a_directory(path: str, mode: str) -> IsADirectoryError:
+    return IsADirectoryError(errno.EISDIR, f"cannot open {path} (mode {mode!r}): it is a directory; pass the "
+                                           "path of a file (e.g. a file inside that directory)", path)
 
 
 def _gds_handle_class(engine: str) -> type[EngineHandle]:
@@ -68,23 +95,42 @@ def _gds_handle_class(engine: str) -> type[EngineHandle]:
 
 
 class File(ClosedWhenCollected):
-    """A file for GPU-direct (or POSIX) I/O.
+    """A file for GPU-direct (or POSIX) I/O, always binary, read and written at explicit offsets.
 
-    `mode` is "r", "r+", "w", "w+", "a" or "x" (as for `open`, always binary). `engine` is
-    "auto" (cuFile when it works, else POSIX, the reason logged once), "cufile", "hipfile" or
-    "posix"; `PYGDS_ENGINE` sets the default. `direct=True` opens with `O_DIRECT` (unaligned
-    offsets and sizes still work).
+    `mode` is as for `open`: "r" reads, "w" writes (created, truncated), "x" writes a new file
+    (fails if it exists); "+" adds the other direction ("r+": read and write an existing file,
+    "w+", "x+"). Reading a file opened "w" or "x", or writing one opened "r", raises
+    `IOFailedError` (EBADF). Append ("a") is refused: every write names its `file_offset`, so
+    there is no end to append at; open with "r+" and write at `f.size()`. `engine` is "auto"
+    (cuFile when it works, else POSIX, the reason logged once), "cufile", "hipfile" or "posix";
+    `PYGDS_ENGINE` sets the default. `direct=True` opens with `O_DIRECT` (unaligned offsets and
+    sizes still work).
+
+    `close()` (or the end of a `with` block, or garbage collection) first finishes every transfer
+    still running or queued on this file: futures, batches and stream-ordered I/O included; the
+    closing thread runs queued pieces itself, so it never waits on busy pool threads. A transfer
+    blocked in the kernel (a hung network mount) makes `close()` wait as long as the kernel does.
     """
 
     def __init__(self, path: str | os.PathLike, mode: str = "r", *, engine: str | None = None,
                  direct: bool = False, perm: int = 0o644) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when `_active` empties while closing
+        self._active: list[None] = []  # one entry per call or request that may touch the descriptors
+        self._drains: set[Callable[[], None]] = set()  # run by close(): finish a request, batch or stream I/O
+        self._handle: EngineHandle | None = None
+        self._closing: EngineHandle | None = None  # the handle between close() and the descriptors' close
+        if mode in _APPEND_MODES:
+            raise InvalidArgumentError(f"mode {mode!r} (append) is not supported: every pygds write goes to an "
+                                       "explicit file_offset; open with 'r+' and write at file_offset=f.size()")
         if mode not in _MODES:
             raise InvalidArgumentError(f"unknown mode {mode!r}; use one of {', '.join(_MODES)}")
         self.path = os.fspath(path)
         self.mode = mode
         self.direct = bool(direct)
-        self._lock = threading.Lock()
-        self._handle: EngineHandle | None = None
+        access = _MODES[mode] & os.O_ACCMODE
+        self._readable = access != os.O_WRONLY
+        self._writable = access != os.O_RDONLY
         self.fd = _open_fd(self.path, _MODES[mode], perm, mode)
         self.direct_fd: int | None = None
         try:
@@ -120,12 +166,16 @@ class File(ClosedWhenCollected):
 
     @property
     def closed(self) -> bool:
+        """True from the moment `close()` starts: no new transfer may begin."""
         return self._handle is None
 
     def size(self) -> int:
         """The file's current size in bytes."""
-        self._live()
-        return os.fstat(self.fd).st_size
+        self._acquire()
+        try:
+            return os.fstat(self.fd).st_size
+        finally:
+            self._release()
 
     def _live(self) -> EngineHandle:
         handle = self._handle
@@ -133,15 +183,46 @@ class File(ClosedWhenCollected):
             raise FileClosedError(f"I/O on closed file {self.path}; open a new pygds.File")
         return handle
 
+    # -- in-flight accounting ---------------------------------------------------------------
+    def _acquire(self, drain: Callable[[], None] | None = None) -> EngineHandle:
+        """Count one user of the descriptors (until `_release`); FileClosedError once closing.
+
+        `drain`, when given, finishes that user's work on the calling thread: `close()` runs it
+        so that it never waits on work nobody else would run.
+        """
+        with self._lock:
+            handle = self._handle
+            if handle is None:
+                raise FileClosedError(f"I/O on closed file {self.path}; open a new pygds.File")
+            self._active.append(None)
+            if drain is not None:
+                self._drains.add(drain)
+        return handle
+
+    def _release(self, drain: Callable[[], None] | None = None) -> None:
+        with self._lock:
+            self._active.pop()
+            if drain is not None:
+                self._drains.discard(drain)
+            if not self._active:
+                self._idle.notify_all()
+
+    def _wake_closer(self) -> None:
+        with self._lock:
+            self._idle.notify_all()
+
     # -- argument checks -----------------------------------------------------------------
     def _prepare(self, buf: object, size: int | None, file_offset: int, buf_offset: int,
                  *, writing: bool) -> tuple[EngineHandle, BufferView, int]:
         handle = self._handle
         if handle is None:
             raise FileClosedError(f"I/O on closed file {self.path}; open a new pygds.File")
-        if writing and self.mode == "r":
+        if writing and not self._writable:
             raise IOFailedError(errno.EBADF, f"cannot write to {self.path}: it was opened read-only "
-                                             "(mode 'r'); open it with 'r+', 'w' or 'a'")
+                                             "(mode 'r'); open it with 'r+', 'w' or 'x'")
+        if not writing and not self._readable:
+            raise IOFailedError(errno.EBADF, f"cannot read {self.path}: it was opened write-only "
+                                             f"(mode {self.mode!r}); open it with {self.mode + '+'!r} or 'r+'")
         # `type(x) is int` is the fast test (it also refuses bool); anything else gets the full check
         if not (type(file_offset) is int and type(buf_offset) is int and file_offset >= 0 and buf_offset >= 0):
             for name, value in (("file_offset", file_offset), ("buf_offset", buf_offset)):
@@ -163,52 +244,79 @@ class File(ClosedWhenCollected):
         return handle, view, size
 
     # -- synchronous ------------------------------------------------------------------------
-    def read(self, buf: object, size: int | None = None, file_offset: int = 0, buf_offset: int = 0) -> int:
+    def read(self, buf: object, size: int | None = None, file_offset: int = 0, *, buf_offset: int = 0) -> int:
         """Read into `buf`; returns the bytes read, fewer than `size` only at end of file."""
-        handle = self._handle
-        # The small-request fast path (issue 8): a BufferView, plain ints, one task; the same
-        # checks as `_prepare`, which every other call goes through.
-        if (type(buf) is BufferView and type(size) is type(file_offset) is type(buf_offset) is int
-                and handle is not None and 0 < size and (size <= pool.MIN_TASK_SIZE or size <= pool.task_size())
-                and 0 <= file_offset < _FAST_OFFSET_END
-                and 0 <= buf_offset and buf_offset + size <= buf.nbytes and not buf.readonly):
-            try:
-                done = handle.read(buf, size, file_offset, buf_offset)
-            except IOFailedError:
-                raise
-            except OSError as exc:
-                raise _os_failure(exc, "read", self.path, 0, size, file_offset) from exc
-            if done == size or done <= 0:
-                return done
-            return _read_full(handle, buf, size, file_offset, buf_offset, self.path, done)
-        handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=False)
-        if pool.inline(size):
-            return _read_full(handle, view, size, file_offset, buf_offset, self.path)
-        return self._split(handle, view, size, file_offset, buf_offset, writing=False, caller_helps=True).result()
+        active = self._active
+        active.append(None)  # counted before the handle is looked at: close() waits for this call
+        try:
+            handle = self._handle
+            # The small-request fast path: a BufferView, plain ints, one task; the same checks as
+            # `_prepare`, which every other call goes through.
+            if (type(buf) is BufferView and type(size) is type(file_offset) is type(buf_offset) is int
+                    and handle is not None and 0 < size and (size <= pool.MIN_TASK_SIZE or size <= pool.task_size())
+                    and 0 <= file_offset < _FAST_OFFSET_END and self._readable
+                    and 0 <= buf_offset and buf_offset + size <= buf.nbytes and not buf.readonly):
+                try:
+                    done = handle.read(buf, size, file_offset, buf_offset)
+                except IOFailedError:
+                    raise
+                except OSError as exc:
+                    raise _os_failure(exc, "read", self.path, 0, size, file_offset) from exc
+                if done == size or done <= 0:
+                    return done
+                return _read_full(handle, buf, size, file_offset, buf_offset, self.path, done)
+            handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=False)
+            return self._transfer(handle, view, size, file_offset, buf_offset, writing=False)
+        finally:
+            active.pop()
+            if self._handle is None:
+                self._wake_closer()
 
-    def write(self, buf: object, size: int | None = None, file_offset: int = 0, buf_offset: int = 0) -> int:
+    def write(self, buf: object, size: int | None = None, file_offset: int = 0, *, buf_offset: int = 0) -> int:
         """Write from `buf`; returns the bytes written (all of them, or an exception)."""
-        handle = self._handle
-        if (type(buf) is BufferView and type(size) is type(file_offset) is type(buf_offset) is int
-                and handle is not None and 0 < size and (size <= pool.MIN_TASK_SIZE or size <= pool.task_size())
-                and 0 <= file_offset < _FAST_OFFSET_END and 0 <= buf_offset and buf_offset + size <= buf.nbytes
-                and self.mode != "r"):  # `read`'s fast path, for writing
-            return _write_full(handle, buf, size, file_offset, buf_offset, self.path)
-        handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=True)
-        if pool.inline(size) or self._serial_write(handle, view):
-            return _write_full(handle, view, size, file_offset, buf_offset, self.path)
-        return self._split(handle, view, size, file_offset, buf_offset, writing=True, caller_helps=True).result()
+        active = self._active
+        active.append(None)
+        try:
+            handle = self._handle
+            if (type(buf) is BufferView and type(size) is type(file_offset) is type(buf_offset) is int
+                    and handle is not None and 0 < size and (size <= pool.MIN_TASK_SIZE or size <= pool.task_size())
+                    and 0 <= file_offset < _FAST_OFFSET_END and 0 <= buf_offset and buf_offset + size <= buf.nbytes
+                    and self._writable):  # `read`'s fast path, for writing
+                return _write_full(handle, buf, size, file_offset, buf_offset, self.path)
+            handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=True)
+            return self._transfer(handle, view, size, file_offset, buf_offset, writing=True)
+        finally:
+            active.pop()
+            if self._handle is None:
+                self._wake_closer()
+
+    def _transfer(self, handle: EngineHandle, view: BufferView, size: int, file_offset: int, buf_offset: int,
+                  *, writing: bool) -> int:
+        """A whole synchronous transfer for a caller already counted in `_active`: inline when it
+        is one task, else split with the calling thread working through the pieces too."""
+        if pool.inline(size) or (writing and self._serial_write(handle, view)):
+            full = _write_full if writing else _read_full
+            return full(handle, view, size, file_offset, buf_offset, self.path)
+        request = self._request(handle, view, size, file_offset, buf_offset, writing=writing)
+        return request.start(caller_helps=True).result()
 
     # -- futures ----------------------------------------------------------------------------
-    def pread(self, buf: object, size: int | None = None, file_offset: int = 0, buf_offset: int = 0) -> Future:
+    def pread(self, buf: object, size: int | None = None, file_offset: int = 0, *, buf_offset: int = 0) -> Future:
         """Like `read`, but returns a `concurrent.futures.Future` of the byte count."""
-        handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=False)
-        return self._split(handle, view, size, file_offset, buf_offset, writing=False, caller_helps=False)
+        return self._submit(buf, size, file_offset, buf_offset, writing=False)
 
-    def pwrite(self, buf: object, size: int | None = None, file_offset: int = 0, buf_offset: int = 0) -> Future:
+    def pwrite(self, buf: object, size: int | None = None, file_offset: int = 0, *, buf_offset: int = 0) -> Future:
         """Like `write`, but returns a `concurrent.futures.Future` of the byte count."""
-        handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=True)
-        return self._split(handle, view, size, file_offset, buf_offset, writing=True, caller_helps=False)
+        return self._submit(buf, size, file_offset, buf_offset, writing=True)
+
+    def _submit(self, buf: object, size: int | None, file_offset: int, buf_offset: int, *, writing: bool) -> Future:
+        """A request on the pool, counted from here until its last piece ends; its pieces hold this
+        `File`, so the file outlives them even when the caller drops it at once."""
+        handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=writing)
+        request = self._request(handle, view, size, file_offset, buf_offset, writing=writing)
+        request.finish = lambda: self._release(request.work)
+        self._acquire(request.work)
+        return request.start(caller_helps=False)
 
     def _serial_write(self, handle: EngineHandle, view: BufferView) -> bool:
         """Buffered POSIX writes from host memory go in one call: local Linux file systems (ext4,
@@ -216,8 +324,8 @@ class File(ClosedWhenCollected):
         for it and add their own cost (measured in BENCHMARKS.md)."""
         return self.direct_fd is None and handle.engine == "posix" and view.kind != "device"
 
-    def _split(self, handle: EngineHandle, view: BufferView, size: int, file_offset: int, buf_offset: int,
-               *, writing: bool, caller_helps: bool) -> Future:
+    def _request(self, handle: EngineHandle, view: BufferView, size: int, file_offset: int, buf_offset: int,
+                 *, writing: bool) -> pool.Request:
         full = _write_full if writing else _read_full
         path = self.path
 
@@ -225,36 +333,55 @@ class File(ClosedWhenCollected):
             return full(handle, view, n, file_offset + start, buf_offset + start, path)
 
         step = max(size, 1) if writing and self._serial_write(handle, view) else None
-        return pool.split(part, size, caller_helps=caller_helps, step=step)
+        return pool.Request(part, size, step=step)
 
     # -- stream-ordered ---------------------------------------------------------------------
-    def read_async(self, buf: object, size: int | None = None, file_offset: int = 0, buf_offset: int = 0,
+    def read_async(self, buf: object, size: int | None = None, file_offset: int = 0, *, buf_offset: int = 0,
                    stream: object = None) -> StreamIO:
         """Stream-ordered read (`cuFileReadAsync`); `wait()` on the result gives the byte count."""
-        _, _, size = self._prepare(buf, size, file_offset, buf_offset, writing=False)
-        return stream_submit(self, buf, size, file_offset, buf_offset, stream, write=False)
+        _, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=False)
+        return stream_submit(self, view, size, file_offset, buf_offset, stream, write=False)
 
-    def write_async(self, buf: object, size: int | None = None, file_offset: int = 0, buf_offset: int = 0,
+    def write_async(self, buf: object, size: int | None = None, file_offset: int = 0, *, buf_offset: int = 0,
                     stream: object = None) -> StreamIO:
         """Stream-ordered write (`cuFileWriteAsync`); `wait()` on the result gives the byte count."""
-        _, _, size = self._prepare(buf, size, file_offset, buf_offset, writing=True)
-        return stream_submit(self, buf, size, file_offset, buf_offset, stream, write=True)
+        _, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=True)
+        return stream_submit(self, view, size, file_offset, buf_offset, stream, write=True)
 
     # -- lifetime ---------------------------------------------------------------------------
     def fsync(self) -> None:
         """Flush the file's data to stable storage."""
-        self._live()
-        os.fsync(self.fd)
+        self._acquire()
+        try:
+            os.fsync(self.fd)
+        finally:
+            self._release()
 
     def close(self) -> None:
-        """Deregister and close; closing twice is harmless."""
+        """Finish every transfer on this file, then deregister and close; closing twice is harmless.
+
+        New transfers fail with `FileClosedError` from the moment this starts. Work still queued is
+        run on this thread, work already running is waited for; only then are the descriptors
+        closed. A concurrent second `close()` waits too; one interrupted (KeyboardInterrupt) leaves
+        the descriptors open for the next `close()`, never closed under a running transfer.
+        """
         with self._lock:
-            handle, self._handle = self._handle, None
-        if handle is not None:
-            try:
-                handle.close()
-            finally:
-                self._close_fds()
+            handle = self._handle or self._closing
+            if handle is None:
+                return
+            self._handle, self._closing = None, handle
+            drains = list(self._drains)
+        for drain in drains:
+            drain()
+        with self._idle:
+            self._idle.wait_for(lambda: not self._active)
+            if self._closing is not handle:
+                return  # another close() finished meanwhile
+            self._closing = None
+        try:
+            handle.close()
+        finally:
+            self._close_fds()
 
     def _close_fds(self) -> None:
         for fd in (self.direct_fd, self.fd):
@@ -267,24 +394,13 @@ class File(ClosedWhenCollected):
         return f"<pygds.File {self.path!r} mode={self.mode!r} {state}{' O_DIRECT' if self.direct else ''}>"
 
 
-_FIXES = {
-    errno.ENOSPC: "free space on that file system or use another path",
-    errno.EDQUOT: "raise the disk quota or free space within it",
-    errno.EFBIG: "the file-size limit was reached (ulimit -f / RLIMIT_FSIZE); raise it",
-    errno.EIO: "the device reported an I/O error; check it (dmesg) and the file system",
-    errno.EROFS: "the file system is mounted read-only; remount it read-write or use another path",
-    errno.EACCES: "check the file's permissions",
-    errno.EPERM: "check the file's permissions and attributes",
-    errno.EINVAL: "with O_DIRECT the file system may reject this request; try without direct=True",
-}
-
-
 def _os_failure(exc: OSError, op: str, path: str, done: int, size: int, file_offset: int) -> IOFailedError:
     """An `IOFailedError` naming the operation, the file, how far it got, the cause and the fix."""
     code = exc.errno or errno.EIO
-    fix = _FIXES.get(code, "see the operating system error above")
+    advice = errno_advice(code, end=file_offset + size)
     return IOFailedError(code, f"{op} of {size} bytes at offset {file_offset} of {path} failed after "
-                               f"{done} bytes: {os.strerror(code)} ({errno.errorcode.get(code, code)}); {fix}")
+                               f"{done} bytes: {os.strerror(code)} ({errno.errorcode.get(code, code)})"
+                               + (f"; {advice}" if advice else ""), op=op, path=path)
 
 
 def _read_full(handle: EngineHandle, view: BufferView, size: int, file_offset: int, buf_offset: int,

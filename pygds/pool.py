@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
 
 from .errors import InvalidArgumentError
 
@@ -101,16 +101,23 @@ def submit(fn: Callable[..., object], *args: object) -> Future:
     return executor.submit(fn, *args)
 
 
-class _Parts:
-    """One request's tasks, taken one at a time by pool threads and, when synchronous, the caller.
+class Request:
+    """One request's tasks `task(start, n)` over [0, size) in `step`-byte pieces (default: the task
+    size), taken one at a time by pool threads, by a synchronous caller, and by `work()` from
+    anyone who must see the request finished (`File.close` helps so, which keeps it from waiting on
+    pool threads that are busy or blocked on it).
 
-    The future gets the sum of the tasks' results, or the first error; after an error no further
-    task starts.
+    The future gets the sum of the pieces' results, or the first error; after an error no further
+    piece starts. `future.cancel()` succeeds only before the first piece has started. `finish`
+    runs once when the last piece taken has ended, before the future is resolved, so no callback of
+    the future runs before it.
     """
 
-    def __init__(self, task: Callable[[int, int], int], size: int, step: int) -> None:
-        self.task, self.size, self.step = task, size, step
-        self.count = max(1, -(-size // step))
+    def __init__(self, task: Callable[[int, int], int], size: int, *, step: int | None = None,
+                 finish: Callable[[], None] | None = None) -> None:
+        self.task, self.size, self.finish = task, size, finish
+        self.step = step or _task_size
+        self.count = max(1, -(-size // self.step))
         self.next = 0
         self.left = self.count
         self.total = 0
@@ -118,48 +125,63 @@ class _Parts:
         self.lock = threading.Lock()
         self.future: Future = Future()
 
-    def work(self) -> None:
-        lock, step, size = self.lock, self.step, self.size
-        while True:
-            with lock:
-                i = self.next
-                if i >= self.count:
-                    return
+    def start(self, *, caller_helps: bool) -> Future:
+        """Hand the pieces to the pool; the future of the sum.
+
+        With `caller_helps` the calling thread works through the pieces too before this returns
+        (the future is then done or nearly so); the pool lends at most `num_threads() - 1` threads
+        more, so `num_threads()` threads work on one request in all. Without it (futures API) the
+        pool lends up to `num_threads()` threads and this returns at once.
+        """
+        own = 1 if caller_helps else 0
+        for _ in range(min(_threads, self.count) - own):
+            submit(self.work)
+        if caller_helps:
+            self.work()
+        return self.future
+
+    def _take(self) -> int | None:
+        """The next piece's index, or None when none is left to start. The first piece marks the
+        future running, so a request can be cancelled only before any of it ran."""
+        with self.lock:
+            i = self.next
+            if i >= self.count:
+                return None
+            if i or self.future.set_running_or_notify_cancel():
                 self.next = i + 1
+                return i
+            self.next, self.left = self.count, 0  # cancelled before it started: nothing runs
+        self._resolve()
+        return None
+
+    def work(self) -> None:
+        """Run pieces nobody has taken yet, on the calling thread, until none is left."""
+        step, size = self.step, self.size
+        while (i := self._take()) is not None:
             start = i * step
             error = None
             try:
                 got = self.task(start, min(step, size - start))
             except BaseException as exc:  # noqa: BLE001 - handed to the future, raised by its result()
                 got, error = 0, exc
-            with lock:
+            with self.lock:
                 self.total += got
                 if error is not None and self.error is None:
                     self.error = error
-                    self.left -= self.count - self.next  # the tasks nobody took will never run
+                    self.left -= self.count - self.next  # the pieces nobody took will never run
                     self.next = self.count
                 self.left -= 1
                 finished = self.left == 0
             if finished:
-                if self.error is not None:
-                    self.future.set_exception(self.error)
-                else:
-                    self.future.set_result(self.total)
+                self._resolve()
 
-
-def split(task: Callable[[int, int], int], size: int, *, caller_helps: bool, step: int | None = None) -> Future:
-    """Run `task(start, n)` over [0, size) in `step`-byte pieces (default: the task size) on the
-    pool; a future of the sum.
-
-    With `caller_helps` the calling thread works through the pieces too before this returns (the
-    future is then done or nearly so); the pool lends at most `num_threads() - 1` threads more, so
-    `num_threads()` threads work on one request in all. Without it (futures API) the pool lends up
-    to `num_threads()` threads and this returns at once.
-    """
-    parts = _Parts(task, size, step or _task_size)
-    own = 1 if caller_helps else 0
-    for _ in range(min(_threads, parts.count) - own):
-        submit(parts.work)
-    if caller_helps:
-        parts.work()
-    return parts.future
+    def _resolve(self) -> None:
+        finish, self.finish, self.task = self.finish, None, None  # drop what holds the caller's buffer
+        if finish is not None:
+            finish()
+        if self.future.cancelled():
+            return  # cancelled before it started
+        if self.error is not None:
+            self.future.set_exception(self.error)
+        else:
+            self.future.set_result(self.total)

@@ -215,3 +215,14 @@ def test_exceptions_survive_pickling() -> None:
     exc = pickle.loads(pickle.dumps(IOFailedError(errno.ENOSPC, op="cuFileWrite", path="/f")))
     assert (exc.errno, exc.op, exc.path, exc.filename) == (errno.ENOSPC, "cuFileWrite", "/f", "/f")
     assert str(exc) == str(IOFailedError(errno.ENOSPC, op="cuFileWrite", path="/f"))
+
+
+def test_errno_advice_has_one_home() -> None:
+    """`File`'s OS-error messages and `IOFailedError`'s own carry the same advice, from errors.py."""
+    from pygds.file import _os_failure
+
+    advice = errors.errno_advice(errno.ENOSPC)
+    assert advice and "free space" in advice
+    assert str(IOFailedError(errno.ENOSPC, op="write", path="/f")).endswith(f"({advice})")
+    assert str(_os_failure(OSError(errno.ENOSPC, "full"), "write", "/f", 0, 1, 0)).endswith(advice)
+    assert errors.errno_advice(errno.ENOLINK) is None

@@ -25,4 +25,5 @@ class EngineHandle(ABC):
 
     @abstractmethod
     def close(self) -> None:
-        """Release what the engine holds for this file (not the file descriptors)."""
+        """Release what the engine holds for this file (not the file descriptors). `File` calls
+        it once, after every transfer on the file has ended."""

@@ -74,11 +74,11 @@ def test_device_round_trip(tmp_path, size, file_offset, buf_offset):
     src = device_with(bytes(buf_offset) + data)
     with pygds.File(path, "w") as f:
         assert f.engine == "cufile"
-        assert f.write(src, size, file_offset, buf_offset) == size
+        assert f.write(src, size, file_offset, buf_offset=buf_offset) == size
     assert path.read_bytes()[file_offset:] == data
     dst = DeviceBuffer(size + buf_offset)
     with pygds.File(path, "r") as f:
-        assert f.read(dst, size, file_offset, buf_offset) == size
+        assert f.read(dst, size, file_offset, buf_offset=buf_offset) == size
     assert device_bytes(dst, size, buf_offset) == data
 
 
@@ -110,7 +110,7 @@ def test_pageable_host_memory_through_cufile(tmp_path):
         f.write(bytearray(data), file_offset=11)
     out = bytearray(100_010)
     with pygds.File(path) as f:
-        assert f.read(out, 100_003, 11, 7) == 100_003
+        assert f.read(out, 100_003, 11, buf_offset=7) == 100_003
     assert bytes(out[7:]) == data
 
 
@@ -196,7 +196,7 @@ def test_async_falls_back_on_compat_mode_eio(tmp_path, caplog):
         first = f.read_async(dev, stream=0)
         assert first.wait() == 2 << 20
         assert device_bytes(dev, 2 << 20) == data
-        second = f.write_async(dev, 1 << 20, 0, 0, stream=0)
+        second = f.write_async(dev, 1 << 20, 0, stream=0)
         assert second.wait() == 1 << 20
     if os.path.exists("/proc/driver/nvidia-fs"):
         return  # real GDS: async worked natively

@@ -1,0 +1,154 @@
+"""A `File`'s lifetime against its transfers on the cuFile engine (real libcufile): `close()` and
+garbage collection wait for futures, cuFile batches and stream-ordered I/O, so nothing is read
+from, or written to, another file that reused the descriptor, and no cuFile handle is
+deregistered under a transfer. Each file holds its own bytes, so a byte from the wrong one shows.
+"""
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pygds
+from pygds import pool, stream
+from pygds.memory import DeviceBuffer
+
+SIZE = 8 << 20
+
+
+@pytest.fixture(autouse=True)
+def _small_tasks():
+    """4 KiB tasks: a request is thousands of pieces, still running when close() is called."""
+    task = pool.task_size()
+    pool.set_task_size(4096)
+    yield
+    pool.set_task_size(task)
+
+
+def pattern(seed: int, n: int = SIZE) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def device_bytes(buf: DeviceBuffer, n: int, offset: int = 0) -> bytes:
+    out = bytearray(n)
+    pygds.memory.copy(out, buf.view.slice(offset, n), n)
+    return bytes(out)
+
+
+@pytest.fixture
+def files(tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(pattern(1))
+    b.write_bytes(pattern(2))
+    return a, b
+
+
+def reuse_descriptors(path: Path, mode: str = "r", n: int = 4) -> list[pygds.File]:
+    opened = [pygds.File(path, mode) for _ in range(n)]
+    assert all(f.engine == "cufile" for f in opened)
+    return opened
+
+
+def close_all(opened: list[pygds.File]) -> None:
+    for f in opened:
+        f.close()
+
+
+def test_close_waits_for_a_read_future(files):
+    a, b = files
+    dst = DeviceBuffer(SIZE)
+    f = pygds.File(a)
+    assert f.engine == "cufile"
+    fut = f.pread(dst)
+    f.close()
+    others = reuse_descriptors(b)
+    assert fut.result(timeout=120) == SIZE
+    close_all(others)
+    assert device_bytes(dst, SIZE) == a.read_bytes()
+
+
+def test_close_waits_for_a_direct_write_future(files):
+    a, b = files
+    data = pattern(3)
+    src = DeviceBuffer(SIZE)
+    src.copy_from_host(bytearray(data))
+    f = pygds.File(a, "r+", direct=True)
+    assert f.engine == "cufile"
+    fut = f.pwrite(src)
+    f.close()
+    others = reuse_descriptors(b, "r+")
+    assert fut.result(timeout=120) == SIZE
+    close_all(others)
+    assert a.read_bytes() == data and b.read_bytes() == pattern(2)
+
+
+def test_a_future_keeps_its_file_open(files):
+    a, b = files
+    dst = DeviceBuffer(SIZE)
+    fut = pygds.File(a).pread(dst)
+    gc.collect()
+    others = reuse_descriptors(b)
+    assert fut.result(timeout=120) == SIZE
+    close_all(others)
+    assert device_bytes(dst, SIZE) == a.read_bytes()
+
+
+@pytest.mark.parametrize("memory", ["device", "host"])
+def test_batch_then_close(files, memory):
+    """Device memory goes through cuFile's batch API, host memory through the pool: closing the
+    file right after submit finishes both before the descriptor goes."""
+    a, b = files
+    n, part = 8, SIZE // 8
+    bufs = [DeviceBuffer(part) if memory == "device" else bytearray(part) for _ in range(n)]
+    f = pygds.File(a)
+    batch = pygds.Batch(n)
+    for i, buf in enumerate(bufs):
+        batch.read(f, buf, part, i * part)
+    assert batch.uses_cufile == (memory == "device")
+    batch.submit()
+    f.close()
+    others = reuse_descriptors(b)
+    results = batch.wait(timeout=120)
+    batch.close()
+    close_all(others)
+    assert [r.status for r in results] == ["complete"] * n
+    got = b"".join(device_bytes(x, part) if memory == "device" else bytes(x) for x in bufs)
+    assert got == a.read_bytes()
+
+
+def test_stream_io_then_close(files, monkeypatch):
+    """A stream-ordered read still in flight (cuFileReadAsync, then the threaded fallback that
+    compatibility mode needs) is finished by close(), on the file it was started on."""
+    monkeypatch.setattr(stream, "_async_broken", None)  # take the cuFile async path first
+    a, b = files
+    dst = DeviceBuffer(SIZE)
+    f = pygds.File(a)
+    io = f.read_async(dst, stream=0)
+    assert io.used_cufile_async
+    f.close()
+    others = reuse_descriptors(b)
+    assert io.wait() == SIZE
+    close_all(others)
+    assert device_bytes(dst, SIZE) == a.read_bytes()
+
+
+def test_close_inside_a_pool_thread_finishes_the_queued_work(files):
+    a, b = files
+    threads = pool.num_threads()
+    pool.set_num_threads(1)
+    try:
+        dst = DeviceBuffer(SIZE)
+        f = pygds.File(a)
+
+        def job() -> int:
+            fut = f.pread(dst)  # queued behind this very job on the only pool thread
+            f.close()
+            close_all(reuse_descriptors(b))
+            return fut.result(timeout=60)
+
+        assert pool.submit(job).result(timeout=120) == SIZE
+    finally:
+        pool.set_num_threads(threads)
+    assert device_bytes(dst, SIZE) == a.read_bytes()
