@@ -11,6 +11,12 @@ LMCache 0.5.6 writes one tensor; its main branch adds, for multi-group memory ob
 `"shapes"` and `"dtypes"` lists after `"__metadata__"` with `data_offsets[1]` the bytes of all
 groups and `"dtype"`/`"shape"` those of group 0. Both generations are read and written here.
 
+Entries this plugin writes also carry, in `"__metadata__"`, the full key text (`KEY_FIELD`) so a
+reader can tell that a file holds the entry it asked for (a renamed file, or a name a
+case-insensitive file system folds onto another), and a checksum of the data (`CHECKSUM_FIELD`,
+`"xxh3_64:<16 hex>"`: the algorithm is named so that it can change). LMCache ignores both; entries
+without them (LMCache's own) are read as before.
+
 `unpack_header` trusts nothing: every fault is a `CorruptEntryError`, never another exception.
 """
 
@@ -18,15 +24,32 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
+
+import xxhash
 
 HEADER_SIZE = 4096
 """Bytes reserved for the header; the data starts at this file offset."""
 
 METADATA_VERSION = "1"
 """The `__metadata__.lmcache_version` LMCache writes and accepts."""
+
+KEY_FIELD = "key"
+"""`__metadata__` field holding the entry's full key text."""
+
+CHECKSUM_FIELD = "checksum"
+"""`__metadata__` field holding `"<algorithm>:<hex digest>"` of the entry's data."""
+
+CHECKSUM_ALGORITHM = "xxh3_64"
+"""The algorithm this version writes and verifies (xxHash XXH3, 64 bits: it runs at memory speed
+and releases the GIL; see BENCHMARKS.md, "Entry checksums")."""
+
+_CHECKSUM_PREFIX = CHECKSUM_ALGORITHM + ":"
+_CHECKSUM_HEX = 16
+_CHECKSUM_DIGEST = re.compile(f"[0-9a-f]{{{_CHECKSUM_HEX}}}")
 
 _LEN = struct.Struct("<Q")
 _JSON_MAX = HEADER_SIZE - _LEN.size
@@ -141,6 +164,17 @@ class EntryHeader:
         """Group 0's dtype name (the header's top-level "dtype")."""
         return self.dtypes[0]
 
+    @property
+    def key(self) -> str | None:
+        """The key text the entry was stored under; None when its writer recorded none."""
+        return self.extra.get(KEY_FIELD)
+
+    @property
+    def checksum(self) -> str | None:
+        """The data's checksum text, when this version can verify it (else None)."""
+        text = self.extra.get(CHECKSUM_FIELD)
+        return text if isinstance(text, str) and text.startswith(_CHECKSUM_PREFIX) else None
+
     @classmethod
     def single(
         cls, shape: Iterable[int], dtype: Any, fmt: int, extra: Mapping[str, Any] | None = None
@@ -185,6 +219,14 @@ class EntryHeader:
     def for_tensor(cls, tensor: Any, fmt: int) -> EntryHeader:
         """A 0.5.6-style header describing a torch tensor."""
         return cls.single(tuple(tensor.shape), tensor.dtype, fmt)
+
+
+def checksum_of(pieces: Iterable[Any]) -> str:
+    """The checksum text of the data given as consecutive buffer pieces (bytes-likes)."""
+    hasher = xxhash.xxh3_64()
+    for piece in pieces:
+        hasher.update(piece)
+    return _CHECKSUM_PREFIX + hasher.hexdigest()
 
 
 def pack_header(header: EntryHeader) -> bytes:
@@ -234,6 +276,26 @@ def _dtype(value: Any, what: str) -> str:
     if not isinstance(value, str) or value not in DTYPE_ITEMSIZE:
         raise CorruptEntryError(f"{what} {value!r} is not a known dtype name"[:200])
     return value
+
+
+def _check_identity_fields(extra: dict[str, Any]) -> None:
+    """The key must be a non-empty string; a checksum must read "<algorithm>:<digest>", and one of
+    this version's algorithm exactly `_CHECKSUM_HEX` lower-case hex digits (another algorithm, from
+    a later writer, is kept and not verified)."""
+    key = extra.get(KEY_FIELD)
+    if KEY_FIELD in extra and (not isinstance(key, str) or not key):
+        raise CorruptEntryError(f"key must be a non-empty string, got {key!r}"[:200])
+    if CHECKSUM_FIELD not in extra:
+        return
+    text = extra[CHECKSUM_FIELD]
+    algorithm, colon, digest = text.partition(":") if isinstance(text, str) else ("", "", "")
+    if not (algorithm and colon and digest):
+        raise CorruptEntryError(f'checksum must read "<algorithm>:<digest>", got {text!r}'[:200])
+    if algorithm == CHECKSUM_ALGORITHM and not _CHECKSUM_DIGEST.fullmatch(digest):
+        raise CorruptEntryError(
+            f"{CHECKSUM_ALGORITHM} checksum must be {_CHECKSUM_HEX} lower-case hex digits, got "
+            f"{digest!r}"[:200]
+        )
 
 
 def unpack_header(buf: bytes | bytearray | memoryview, *, file_size: int | None = None) -> EntryHeader:
@@ -290,6 +352,7 @@ def _unpack(buf: memoryview, file_size: int | None) -> EntryHeader:
         raise CorruptEntryError(
             f"lmcache_version {version!r} is not the supported {METADATA_VERSION!r}"[:200]
         )
+    _check_identity_fields(extra)
     has_shapes, has_dtypes = "shapes" in meta, "dtypes" in meta
     if has_shapes != has_dtypes:
         raise CorruptEntryError('multi-group header needs both "shapes" and "dtypes"')

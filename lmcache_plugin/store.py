@@ -1,6 +1,9 @@
 """`KVStore`: the multi-path KV store beneath the LMCache adapter (no LMCache import).
 
 API CHANGES: since the first draft, `StoreOptions.engine` defaults to "auto" (was "posix").
+`StoreOptions.checksum` ("auto") is new; headers written name their key and carry a checksum;
+`remove()` returns False when a file could not be deleted; `read_into` of an entry whose header
+changed since `lookup` raises `EntryGoneError` (was `CorruptEntryError`).
 
 An entry is one data file (4 KiB header + raw bytes, `format.py`) plus a `.metadata` companion
 holding a copy of the header, named as LMCache's GdsBackend names them (`layout.py`).
@@ -12,11 +15,23 @@ metadata step failed, the just-published data file, so nothing partial is ever v
 by default (`StoreOptions.fsync`): a process crash loses nothing that was renamed, and a file torn
 by a power loss is caught by the size check on read and dropped.
 
-Reads never trust the index: every `read_into` re-reads the header from the open file and checks
-it against the file's length and the destination; a short or corrupt file is dropped from the
-index with one warning and reported as `CorruptEntryError`. Removal and eviction unlink the
-`.metadata` first, then the data file; a reader holding the file open keeps reading the complete
-old file, a reader opening it afterwards gets a miss, never half an entry.
+Identity and content: every entry written here names its full key in its header and, per
+`StoreOptions.checksum`, carries a checksum of its data (`format.py`). Paths are shared with other
+writers (other stores, `pygds cache evict`, a user's `mv`), so nothing on disk is taken on trust:
+
+- Reads never trust the index: every `read_into` re-reads the header from the open file and checks
+  it against the key asked for, the file's length, the header `lookup` returned and the
+  destination, reads the data, checks that all of it came, and verifies the checksum of exactly
+  the bytes read. A file holding another key, a short, corrupt or damaged file is dropped from the
+  index with one warning and reported as `CorruptEntryError`; an entry removed, or replaced by
+  another entry, since `lookup` is `EntryGoneError` (look it up again).
+- Puts never trust the index either: an indexed entry whose file another process removed is
+  forgotten and written again.
+- Removal and eviction unlink the `.metadata` first, then the data file, and report only what was
+  really deleted: a file that cannot be unlinked (read-only or immutable directory) keeps its entry
+  indexed, is not counted as freed, and is named in one warning. A reader holding the file open
+  keeps reading the complete old file, a reader opening it afterwards gets a miss, never half an
+  entry.
 
 Capacity (optional, `capacity_bytes` / `capacity_fraction`) bounds the bytes of the entries this
 store knows in its write path; a put that would pass it first evicts least-recently-used unpinned
@@ -27,6 +42,7 @@ the write path, count from when this store first sees them.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import logging
@@ -37,12 +53,21 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, Iterator, Sequence
 
 import pygds
 
-from .format import HEADER_SIZE, CorruptEntryError, EntryHeader, pack_header, unpack_header
+from .format import (
+    CHECKSUM_FIELD,
+    HEADER_SIZE,
+    KEY_FIELD,
+    CorruptEntryError,
+    EntryHeader,
+    checksum_of,
+    pack_header,
+    unpack_header,
+)
 from .index import Entry, Index, Scanner
 from .layout import (
     DATA_SUFFIX,
@@ -59,8 +84,14 @@ logger = logging.getLogger(__name__)
 ENGINES = ("auto", "posix", "cufile", "hipfile")
 STATS_DIR = ".pygds-stats"
 """Directory in each write path where stores publish their counters (ignored by every scan)."""
-BOUNDED_KEY_FIELD = "key"
-"""`__metadata__` field holding the full key text of an entry stored under a bounded name."""
+BOUNDED_KEY_FIELD = KEY_FIELD
+"""`__metadata__` field holding an entry's full key text (every entry written here has it; for an
+entry under a bounded name it is the only record of the key)."""
+CHECKSUM_MODES = ("auto", "always", "off")
+_HOST_KINDS = ("host", "pinned")
+"""Buffer kinds the CPU hashes in place; device and managed memory need a copy to the host."""
+_STAGING_BYTES = 16 << 20
+"""Piece size of the host copy through which device memory is hashed ("always")."""
 
 __all__ = [
     "CorruptEntryError",
@@ -95,6 +126,11 @@ class StoreOptions:
     scan: run the start-up scan of all paths in a background thread.
     stats_interval_s: publish the counters to `<write path>/.pygds-stats/<host>-<pid>.json`
         this often (and at close) for `pygds cache stats`; 0 (the default) disables publishing.
+    checksum: "auto" | "always" | "off". "auto" (the default) writes a checksum of the data when
+        it is in host memory and verifies it when reading into host memory: on the CPU it costs
+        a fraction of the I/O time, while device memory would need a copy of every chunk to the
+        host, which defeats GPU-direct (key, size and header checks still run). "always" also
+        covers device memory, through a host copy. "off" writes and verifies none.
     """
 
     paths: str | Sequence[str]
@@ -109,6 +145,7 @@ class StoreOptions:
     fsync: bool = False
     scan: bool = True
     stats_interval_s: float = 0.0
+    checksum: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -182,6 +219,10 @@ def _validate(options: StoreOptions) -> None:
     frac = options.capacity_fraction
     if frac is not None and not (isinstance(frac, (int, float)) and 0 < frac <= 1):
         raise ValueError(f"capacity_fraction must be in (0, 1] or None, got {frac!r}")
+    if options.checksum not in CHECKSUM_MODES:
+        raise ValueError(
+            f"checksum {options.checksum!r} is unknown; use one of {', '.join(CHECKSUM_MODES)}"
+        )
 
 
 def _open_file(path: str, mode: str, engine: str, direct: bool) -> pygds.File:
@@ -254,11 +295,12 @@ class KVStore:
             self._publisher = threading.Thread(target=self._publish_loop, name="kvstore-stats", daemon=True)
             self._publisher.start()
         logger.info(
-            "KV store: %d path(s), writing to %s, engine %s, capacity %s",
+            "KV store: %d path(s), writing to %s, engine %s, capacity %s, checksum %s",
             len(self.layout.paths),
             self.layout.write_path,
             options.engine,
             "unbounded" if self._capacity is None else f"{self._capacity} bytes",
+            options.checksum,
         )
 
     # -- properties ---------------------------------------------------------------------------
@@ -336,7 +378,7 @@ class KVStore:
         """Look for the entry's data file in every path; index and return it when found."""
         for base, path in self.layout.candidate_paths(key_text, chunk_hash):
             try:
-                st = os.stat(path)
+                st = _stat_by_open(path)
             except OSError:
                 continue
             if not stat_mod.S_ISREG(st.st_mode) or self._bad.get(stem) == self._identity(path, st):
@@ -385,11 +427,38 @@ class KVStore:
         if self._index.get(entry.stem) is entry:
             self._index.pop(entry.stem)
 
+    def _keep(self, entry: Entry) -> int:
+        """An entry whose data file could not be deleted stays indexed (is put back), with its
+        `.metadata` flag and size as they are now on disk; returns the bytes freed anyway."""
+        has_metadata = os.path.exists(metadata_path(entry.path))
+        before = size = entry.size
+        if size is not None and entry.has_metadata and not has_metadata:
+            size -= HEADER_SIZE
+        entry = self._index.add(entry)
+        self._index.set_size(entry, size, has_metadata)
+        return (before or 0) - (size or 0)
+
     def _check_key(self, entry: Entry, header: EntryHeader, key_text: str | None) -> None:
-        if is_bounded_stem(entry.stem):
-            stored = header.extra.get(BOUNDED_KEY_FIELD)
-            if key_text is not None and stored != key_text:
-                raise CorruptEntryError(f"entry holds key {stored!r}, not {key_text!r}"[:300])
+        """Refuse a header naming another key than the entry's: a renamed or swapped file, or a
+        name a case-insensitive file system folds onto this one. Without `key_text` the expected
+        key is the one the stem was made from. A header without a key (LMCache wrote it) passes,
+        except under a bounded name, whose key only the header records."""
+        stored = header.key
+        if stored is None:
+            if is_bounded_stem(entry.stem):
+                raise CorruptEntryError("the entry under a bounded name records no key")
+            return
+        expected = key_text or key_from_stem(entry.stem)
+        if expected is not None:
+            if stored != expected:
+                raise CorruptEntryError(f"entry holds key {stored!r}, not {expected!r}"[:300])
+            return
+        try:
+            same = self.layout.stem(stored) == entry.stem
+        except InvalidKeyError:
+            same = False
+        if not same:
+            raise CorruptEntryError(f"entry holds key {stored!r}, whose name is not this file's"[:300])
 
     def _load_header(self, entry: Entry) -> EntryHeader | None:
         """Read, validate and cache the header; rebuild a missing `.metadata` from it."""
@@ -448,9 +517,13 @@ class KVStore:
         """Store the first `header.nbytes` bytes of `data` (torch tensor CPU/CUDA, bytes-like,
         numpy array, anything `pygds.as_buffer` takes) under `key_text`.
 
+        The header written names `key_text` and, per `StoreOptions.checksum`, the data's checksum
+        (whatever `header.extra` said about either is replaced).
+
         Returns True once data file and `.metadata` are both in place; False when the key is
-        already stored (in any path) or was being written by a concurrent put (this call waits
-        for it), when it is refused (larger than the capacity, unstorable key; one warning per
+        already stored (its data file is on disk, in any path: an indexed entry whose file is
+        gone is written again) or was being written by a concurrent put (this call waits for
+        it), when it is refused (larger than the capacity, unstorable key; one warning per
         reason) or when the write failed (one error line, nothing left visible).
         Raises ValueError for a header that does not fit the data, TypeError for data that
         is no buffer.
@@ -461,15 +534,11 @@ class KVStore:
             final = self.layout.data_path(self.layout.write_path, key_text, chunk_hash)
         except InvalidKeyError as exc:
             return self._refuse(str(exc))
-        if is_bounded_stem(stem):
-            header = EntryHeader(
-                shapes=header.shapes,
-                dtypes=header.dtypes,
-                nbytes=header.nbytes,
-                fmt=header.fmt,
-                extra={**header.extra, BOUNDED_KEY_FIELD: key_text},
-                multi_group=header.multi_group,
-            )
+        view = pygds.as_buffer(data, writable=False)
+        summed = self._sums(view)
+        # Every checksum text has the length of the empty data's: whether the header fits is
+        # known before the data is hashed (only a put that writes hashes).
+        header = _named(header, key_text, checksum_of(()) if summed else None)
         try:
             header_bytes = pack_header(header)
         except ValueError as exc:
@@ -480,7 +549,6 @@ class KVStore:
             header = unpack_header(header_bytes)  # the canonical form, as read back later
         except CorruptEntryError as exc:
             raise ValueError(f"this header could not be read back: {exc.reason}") from None
-        view = pygds.as_buffer(data, writable=False)
         if view.nbytes < header.nbytes:
             raise ValueError(
                 f"data holds {view.nbytes} bytes but the header describes {header.nbytes}; "
@@ -491,9 +559,12 @@ class KVStore:
             self._bump(put_skipped=1)
             return False
         try:
-            if self._index.get(stem) is not None or self._probe(key_text, chunk_hash, stem):
+            if self._on_disk(key_text, chunk_hash, stem):
                 self._bump(put_skipped=1)
                 return False
+            if summed:
+                header = _named(header, key_text, self._checksum(view, header.nbytes))
+                header_bytes = pack_header(header)
             need = header.nbytes + 2 * HEADER_SIZE
             if not self._reserve(need, key_text):
                 return False
@@ -523,6 +594,32 @@ class KVStore:
             return True
         finally:
             self._release(stem, busy)
+
+    def _on_disk(self, key_text: str, chunk_hash: int | str, stem: str) -> bool:
+        """True when the key's data file is on disk, in any path. The index only says where to
+        look: an indexed entry whose file another process removed is forgotten."""
+        entry = self._index.get(stem)
+        if entry is not None:
+            try:
+                _stat_by_open(entry.path)
+                return True
+            except (FileNotFoundError, NotADirectoryError):
+                self._forget(entry)
+            except OSError:
+                return True  # cannot tell; what is there stays
+        return self._probe(key_text, chunk_hash, stem) is not None
+
+    def _sums(self, view: Any) -> bool:
+        """Whether a checksum is written for, or verified in, memory of this view's kind."""
+        mode = self.options.checksum
+        return mode == "always" or (mode == "auto" and view.kind in _HOST_KINDS)
+
+    def _checksum(self, view: Any, nbytes: int) -> str:
+        """The checksum of the first `nbytes` of `view`: hashed in place in host memory, through
+        a host copy in pieces otherwise."""
+        if view.kind in _HOST_KINDS:
+            return checksum_of([_host_memory(view.ptr, nbytes)])
+        return checksum_of(_staged(view, nbytes))
 
     def _write_entry(self, final: str, header_bytes: bytes, view: Any, nbytes: int) -> None:
         """Publish data then metadata, each through a temporary name; all or nothing."""
@@ -577,31 +674,48 @@ class KVStore:
                 self._evict(base, over)
             if self._index.used_bytes(base) + self._reserved + need > cap:
                 return self._refuse(
-                    f"no room for {key_text}: {self.layout.write_path} is full of pinned or "
-                    "in-flight entries"
+                    f"no room for {key_text}: {self.layout.write_path} is full of pinned, "
+                    "in-flight or undeletable entries"
                 )
             self._reserved += need
             return True
 
     def _evict(self, base: str, nbytes: int) -> None:
-        """Delete least-recently-used unpinned entries of `base` worth `nbytes` (cap lock held)."""
-        with self._lock:
-            victims = self._index.take_lru(base, nbytes, skip=set(self._busy))
-            claims = []
-            for entry in victims:
-                busy = self._busy[entry.stem] = _Busy("delete")
-                claims.append(busy)
-        freed = 0
-        for entry, busy in zip(victims, claims):
-            try:
-                _unlink_quietly(metadata_path(entry.path))
-                _unlink_quietly(entry.path)
-                freed += entry.size or 0
-            finally:
-                self._release(entry.stem, busy)
-        if victims:
-            self._bump(evictions=len(victims), evicted_bytes=freed)
-            logger.debug("evicted %d entries (%d bytes) from %s", len(victims), freed, base)
+        """Delete least-recently-used unpinned entries of `base` worth `nbytes` (cap lock held).
+        An entry whose files cannot be deleted stays indexed, and the next one is taken instead."""
+        freed = evicted = 0
+        failed: dict[str, OSError] = {}
+        want = nbytes
+        while want > 0:
+            with self._lock:
+                victims = self._index.take_lru(base, want, skip=set(self._busy) | failed.keys())
+                claims = []
+                for entry in victims:
+                    busy = self._busy[entry.stem] = _Busy("delete")
+                    claims.append(busy)
+            want = 0
+            for entry, busy in zip(victims, claims):
+                try:
+                    size = entry.size or 0
+                    _, error = _delete_files(entry.path)
+                    if error is None:
+                        freed += size
+                        evicted += 1
+                    else:
+                        kept_free = self._keep(entry)
+                        freed += kept_free
+                        want += size - kept_free
+                        failed[entry.stem] = error
+                finally:
+                    self._release(entry.stem, busy)
+        if evicted or freed:
+            self._bump(evictions=evicted, evicted_bytes=freed)
+            logger.debug("evicted %d entries (%d bytes) from %s", evicted, freed, base)
+        if failed:
+            logger.warning(
+                "cannot evict %d entries from %s (%s); they stay in the cache and count against "
+                "its capacity", len(failed), base, next(iter(failed.values()))
+            )
 
     def submit_put(
         self,
@@ -737,10 +851,13 @@ class KVStore:
         """Read the entry's data into the start of `dest` (at least `nbytes`; torch tensor CPU
         or CUDA, numpy array, bytearray, anything `pygds.as_buffer` takes writable).
 
-        The header is re-read from the open file and checked against the file's length, the
-        header `lookup` returned and the destination. Raises `CorruptEntryError` (entry dropped,
-        one warning) for a short, corrupt or unreadable file, `EntryGoneError` when the entry was
-        removed meanwhile, `ValueError` when `dest` is too small (entry kept).
+        The header is re-read from the open file and checked against the key, the file's length,
+        the header `lookup` returned and the destination; the data read must be complete and,
+        where the header has a checksum and `StoreOptions.checksum` covers the destination's
+        memory, match it. Raises `CorruptEntryError` (entry dropped, one warning; `dest` then
+        holds no usable data) for a file holding another key, a short, corrupt, damaged or
+        unreadable file, `EntryGoneError` when the entry was removed or replaced meanwhile,
+        `ValueError` when `dest` is too small (entry kept).
         """
         view = pygds.as_buffer(dest, writable=True)
         stem = self.layout.stem(info.key_text)
@@ -761,14 +878,18 @@ class KVStore:
                 st = os.fstat(f.fd)
                 header = unpack_header(os.pread(f.fd, HEADER_SIZE, 0), file_size=st.st_size)
                 self._check_key(entry, header, info.key_text)
-                if header != info.header:
-                    raise CorruptEntryError(f"header changed since lookup: {header} != {info.header}")
             except CorruptEntryError as exc:
                 self._drop(entry, exc, st, "corrupt")
                 raise CorruptEntryError(exc.reason, info.path) from None
             except OSError as exc:
                 self._drop(entry, exc, st, "read_errors")
                 raise CorruptEntryError(f"cannot read header: {exc}", info.path) from None
+            if header != info.header:  # removed and put again: the old header would misread it
+                self._forget(entry)
+                raise EntryGoneError(
+                    f"{info.key_text} in {info.path} was replaced since lookup (header changed: "
+                    f"{header} != {info.header})"
+                )
             if view.nbytes < header.nbytes:
                 raise ValueError(
                     f"destination holds {view.nbytes} bytes but {info.path} has {header.nbytes}; "
@@ -781,6 +902,14 @@ class KVStore:
                 raise CorruptEntryError(f"read failed: {exc}", info.path) from None
             if got != header.nbytes:
                 exc = CorruptEntryError(f"short read: {got} of {header.nbytes} bytes", info.path)
+                self._drop(entry, exc, st, "corrupt")
+                raise exc
+        if header.checksum is not None and self._sums(view):
+            actual = self._checksum(view, got)  # exactly the bytes read
+            if actual != header.checksum:
+                exc = CorruptEntryError(
+                    f"data checksum {actual} does not match the header's {header.checksum}", info.path
+                )
                 self._drop(entry, exc, st, "corrupt")
                 raise exc
         self._index.get(stem, touch=True)
@@ -853,7 +982,9 @@ class KVStore:
         """Delete the entry's files (in every path) and its index entry.
 
         A pinned entry is removed only with `force`. Waits for a put of the same key in
-        progress. Returns False when nothing was there (or it is pinned and not forced).
+        progress. Returns True when the entry was there and is gone; False when nothing was
+        there, it is pinned and not forced, or a file could not be deleted (one warning naming
+        the cause; the entry stays indexed, or is found again on disk).
         """
         try:
             stem = self.layout.stem(key_text)
@@ -866,23 +997,38 @@ class KVStore:
             entry = self._index.get(stem)
             if entry is not None and entry.pins > 0 and not force:
                 return False
-            self._index.pop(stem)
-            self._bad.pop(stem, None)
             if entry is not None and entry.path not in candidates:
                 candidates.append(entry.path)
             found = entry is not None
+            failed: dict[str, OSError] = {}
             for path in candidates:
-                found = _unlink_quietly(metadata_path(path)) or found
-                found = _unlink_quietly(path) or found
+                removed, error = _delete_files(path)
+                found = removed or found
+                if error is not None:
+                    failed[path] = error
+            if entry is not None and entry.path in failed:
+                self._keep(entry)
+            else:
+                self._index.pop(stem)
+            if not failed:
+                self._bad.pop(stem, None)
         finally:
             self._release(stem, busy)
+        if failed:
+            logger.warning(
+                "cannot remove KV cache entry %s: %s; it stays in the cache", key_text,
+                "; ".join(map(str, failed.values())),
+            )
+            return False
         if found:
             self._bump(removed=1)
         return found
 
     def clear(self) -> int:
-        """Remove every indexed, unpinned entry; returns how many."""
+        """Remove every indexed, unpinned entry; returns how many were deleted (those whose
+        files cannot be deleted stay indexed, named in one warning)."""
         count = 0
+        failed: list[OSError] = []
         for entry in self._index.snapshot():
             if entry.pins > 0:
                 continue
@@ -891,13 +1037,20 @@ class KVStore:
             try:
                 if self._index.get(entry.stem) is not entry or entry.pins > 0:
                     continue
+                _, error = _delete_files(entry.path)
+                if error is not None:
+                    self._keep(entry)
+                    failed.append(error)
+                    continue
                 self._index.pop(entry.stem)
-                _unlink_quietly(metadata_path(entry.path))
-                _unlink_quietly(entry.path)
                 count += 1
             finally:
                 self._release(entry.stem, busy)
         self._bump(removed=count)
+        if failed:
+            logger.warning(
+                "cannot remove %d KV cache entries (%s); they stay in the cache", len(failed), failed[0]
+            )
         return count
 
     def keys(self) -> list[str]:
@@ -989,16 +1142,65 @@ class KVStore:
         self.close()
 
 
-def _unlink_quietly(path: str) -> bool:
-    """Unlink; True if a file was removed. Errors other than a missing file are logged."""
+def _stat_by_open(path: str) -> os.stat_result:
+    """`fstat` of `path` opened read-only. Unlike `os.stat`, an open is not answered from a
+    network or FUSE file system's attribute cache, which can report a file that another machine
+    removed as present for up to a second. O_NONBLOCK: a FIFO at the name must not block."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _named(header: EntryHeader, key_text: str, checksum: str | None) -> EntryHeader:
+    """`header` naming `key_text`, with `checksum` or none."""
+    extra = {k: v for k, v in header.extra.items() if k not in (KEY_FIELD, CHECKSUM_FIELD)}
+    extra[KEY_FIELD] = key_text
+    if checksum is not None:
+        extra[CHECKSUM_FIELD] = checksum
+    return replace(header, extra=extra)
+
+
+def _host_memory(ptr: int, nbytes: int) -> Any:
+    """`nbytes` of host memory at `ptr` as a buffer (no copy)."""
+    return (ctypes.c_ubyte * nbytes).from_address(ptr) if nbytes else b""
+
+
+def _staged(view: Any, nbytes: int) -> Iterator[memoryview]:
+    """The first `nbytes` of `view` (any memory kind) in consecutive pieces copied to the host;
+    each piece is valid until the next is asked for."""
+    staging = bytearray(min(nbytes, _STAGING_BYTES))
+    target = pygds.as_buffer(staging, writable=True)
+    for offset in range(0, nbytes, len(staging)):
+        n = min(len(staging), nbytes - offset)
+        pygds.memory.copy(target, view.slice(offset, n), n)
+        yield memoryview(staging)[:n]
+
+
+def _delete_files(data_path: str) -> tuple[bool, OSError | None]:
+    """Unlink an entry's `.metadata`, then its data file: (whether a file was removed, the error
+    that stopped it). A `.metadata` that cannot be unlinked leaves the data file alone."""
+    removed = False
+    for path in (metadata_path(data_path), data_path):
+        try:
+            os.unlink(path)
+            removed = True
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            return removed, exc
+    return removed, None
+
+
+def _unlink_quietly(path: str) -> None:
+    """Unlink a temporary or half-published file; errors other than a missing file are logged."""
     try:
         os.unlink(path)
-        return True
     except FileNotFoundError:
-        return False
+        pass
     except OSError as exc:
         logger.debug("cannot remove %s: %s", path, exc)
-        return False
 
 
 def _call_quietly(fn: Callable[[bool], None], ok: bool) -> None:

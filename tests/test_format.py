@@ -15,6 +15,7 @@ from lmcache_plugin.format import (
     HEADER_SIZE,
     CorruptEntryError,
     EntryHeader,
+    checksum_of,
     dtype_name,
     pack_header,
     torch_dtype,
@@ -224,3 +225,30 @@ def test_fuzz_mutated_and_truncated_headers(pos, byte, cut):
 def test_memoryview_and_bytearray_inputs():
     raw = pack_header(EntryHeader.single((4,), "I32", 0))
     assert unpack_header(bytearray(raw)) == unpack_header(memoryview(raw)) == unpack_header(raw)
+
+
+def _with_extra(**fields: object) -> bytes:
+    return _raw(_valid_doc(__metadata__={"lmcache_version": "1", **fields}))
+
+
+def test_key_and_checksum_fields_are_read_and_checked():
+    digest = "xxh3_64:" + "0123456789abcdef"
+    header = unpack_header(_with_extra(key="m@1@0@a@bf16", checksum=digest))
+    assert header.key == "m@1@0@a@bf16" and header.checksum == digest
+    plain = unpack_header(_with_extra())
+    assert plain.key is None and plain.checksum is None
+    later = unpack_header(_with_extra(checksum="blake3:00ff"))  # another algorithm: kept, not verified
+    assert later.checksum is None and later.extra["checksum"] == "blake3:00ff"
+    for bad in ({"key": 7}, {"key": ""}, {"checksum": 5}, {"checksum": "xxh3_64"}, {"checksum": ":00"},
+                {"checksum": "xxh3_64:0123"}, {"checksum": "xxh3_64:0123456789ABCDEF"}):
+        with pytest.raises(CorruptEntryError, match="key must|checksum must"):
+            unpack_header(_with_extra(**bad))
+
+
+def test_checksum_of_is_xxh3_64_over_the_pieces_in_order():
+    import xxhash
+
+    data = bytes(range(256)) * 3
+    assert checksum_of([data]) == "xxh3_64:" + xxhash.xxh3_64_hexdigest(data)
+    assert checksum_of([data[:100], memoryview(data)[100:]]) == checksum_of([data])
+    assert checksum_of([]) == "xxh3_64:" + xxhash.xxh3_64_hexdigest(b"")

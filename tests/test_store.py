@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmcache_plugin.format import HEADER_SIZE, CorruptEntryError, EntryHeader, pack_header
+from lmcache_plugin.format import HEADER_SIZE, CorruptEntryError, EntryHeader, checksum_of, pack_header
 from lmcache_plugin.layout import Layout, metadata_path
 from lmcache_plugin.store import EntryGoneError, KVStore, StoreOptions
 
@@ -53,6 +53,12 @@ def u8(n: int) -> EntryHeader:
     return EntryHeader.single((n,), "U8", 1)
 
 
+def as_stored(header: EntryHeader, key_text: str, data: bytes) -> EntryHeader:
+    """`header` as the store writes it for host data: naming the key, with the data's checksum."""
+    extra = {**header.extra, "key": key_text, "checksum": checksum_of([data])}
+    return EntryHeader(header.shapes, header.dtypes, header.nbytes, header.fmt, extra, header.multi_group)
+
+
 @pytest.fixture
 def stores():
     made: list[KVStore] = []
@@ -83,7 +89,8 @@ def test_tensor_round_trip_byte_exact(tmp_path, stores, dtype):
         t = rand_tensor(shape, dtype, seed=i)
         assert store.put(k, h, t, EntryHeader.for_tensor(t, 1))
         info = store.lookup(k, h)
-        assert info.header == EntryHeader.for_tensor(t, 1) and info.size == HEADER_SIZE + t.nbytes
+        assert info.header == as_stored(EntryHeader.for_tensor(t, 1), k, as_bytes(t))
+        assert info.size == HEADER_SIZE + t.nbytes
         out = torch.empty(shape, dtype=dtype)
         assert store.read_into(info, out) == info.header
         assert as_bytes(out) == as_bytes(t)
@@ -100,8 +107,9 @@ def test_bytes_and_numpy_round_trip_and_file_image(tmp_path, stores):
         out2 = bytearray(len(data) + 10)  # a larger destination gets the data at its start
         assert store.get_into(k, h, out2) and bytes(out2[: len(data)]) == data
         path = store.layout.data_path(str(tmp_path), k, h)
-        assert Path(path).read_bytes() == pack_header(u8(len(data))) + data
-        assert Path(metadata_path(path)).read_bytes() == pack_header(u8(len(data)))
+        header = pack_header(as_stored(u8(len(data)), k, data))
+        assert Path(path).read_bytes() == header + data
+        assert Path(metadata_path(path)).read_bytes() == header
     assert not [f for f in files_under(tmp_path) if ".tmp" in f]
 
 
@@ -118,7 +126,7 @@ def test_direct_io_round_trip(tmp_path, stores):
         out = bytearray(n)
         assert store.get_into(*key(i), out) and bytes(out) == data
         path = store.layout.data_path(str(tmp_path / "c"), *key(i))
-        assert Path(path).read_bytes() == pack_header(u8(n)) + data
+        assert Path(path).read_bytes() == pack_header(as_stored(u8(n), key(i)[0], data)) + data
 
 
 def test_multi_group_entry_round_trip(tmp_path, stores):
@@ -619,9 +627,10 @@ def test_processes_writing_the_same_keys_leave_one_complete_entry_each(tmp_path)
     names = files_under(cache)
     assert len(names) == 48 and not [n for n in names if ".tmp" in n]
     for i in range(24):
-        path = layout.data_path(str(cache), f"shared@1@0@{i:x}@half", 1000 + i)
+        k = f"shared@1@0@{i:x}@half"
+        path = layout.data_path(str(cache), k, 1000 + i)
         data = rand_bytes(200_000 + i, i)
-        header = pack_header(u8(len(data)))
+        header = pack_header(as_stored(u8(len(data)), k, data))
         assert Path(path).read_bytes() == header + data
         assert Path(metadata_path(path)).read_bytes() == header
 

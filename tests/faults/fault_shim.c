@@ -10,7 +10,9 @@
  *   PYGDS_FAULT_PREFIX       directory whose files are affected; unset or empty: the shim is inert
  *   PYGDS_FAULT_MATCH        optional: the path must also contain this text (e.g. ".metadata.tmp")
  *   PYGDS_FAULT_OPS          comma list of what fails: write, read, open (any open under the
- *                            prefix), create (opens with O_CREAT); default "write"
+ *                            prefix), create (opens with O_CREAT), unlink, rename (of a file
+ *                            whose old path is under the prefix), fsync (fsync and fdatasync of a
+ *                            tracked descriptor); default "write"
  *   PYGDS_FAULT_ERRNO        ENOSPC, EDQUOT, EIO, EACCES, EPERM, EROFS, EFBIG or a number; default EIO
  *   PYGDS_FAULT_SKIP         the first SKIP matching calls succeed; default 0
  *   PYGDS_FAULT_AFTER_BYTES  reads/writes succeed until this many bytes were asked for; the call
@@ -18,10 +20,17 @@
  *                            fail; unset: no byte limit
  *   PYGDS_FAULT_TIMES        inject at most this many faults, then let everything pass (the fault
  *                            is lifted); default 0 = no limit
+ *   PYGDS_FAULT_ACTION       what a fault does: "fail" (default: the call fails with the errno),
+ *                            "eof" (a read or write returns 0, as at the end of a file that
+ *                            shrank; other calls fail), "crash-after" (unlink, rename and fsync
+ *                            only: the call runs, then the process is killed with SIGKILL, as a
+ *                            crash right after it would)
  *
  * Intercepted: write, pwrite, pwrite64, writev, pwritev, pwritev64, pwritev2, pwritev64v2 and the
- * read counterparts. A process may change the variables and call pygds_fault_reload() (through
- * ctypes.CDLL(None)) to re-arm it; pygds_fault_injected() counts the faults since then.
+ * read counterparts, unlink, unlinkat, rename, renameat, renameat2, fsync, fdatasync. A process may
+ * change the variables and call pygds_fault_reload() (through ctypes.CDLL(None)) to re-arm it;
+ * pygds_fault_injected() counts the faults since then, pygds_fault_calls() the matching calls
+ * (faulted or skipped).
  *
  * Build: cc -shared -fPIC -O2 -Wall -o libpygds_fault_shim.so fault_shim.c -ldl -lpthread
  */
@@ -31,6 +40,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,7 +54,9 @@
 #define MAX_TRACKED_FD 65536
 #define MAX_IOV 1024
 
-enum { OP_WRITE = 1, OP_READ = 2, OP_OPEN = 4, OP_CREATE = 8 };
+enum { OP_WRITE = 1, OP_READ = 2, OP_OPEN = 4, OP_CREATE = 8, OP_UNLINK = 16, OP_RENAME = 32,
+       OP_FSYNC = 64 };
+enum { ACTION_FAIL, ACTION_EOF, ACTION_CRASH_AFTER };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -59,6 +71,7 @@ static struct {
     long long skip;
     long long after_bytes; /* < 0: no limit */
     long long times;       /* 0: no limit */
+    int action;
     /* counters since the last (re)load */
     long long calls;
     long long bytes;
@@ -106,7 +119,17 @@ static int load(void)
     if (text == NULL || !*text)
         text = "write";
     cfg.ops = (strstr(text, "write") ? OP_WRITE : 0) | (strstr(text, "read") ? OP_READ : 0) |
-              (strstr(text, "open") ? OP_OPEN : 0) | (strstr(text, "create") ? OP_CREATE : 0);
+              (strstr(text, "open") ? OP_OPEN : 0) | (strstr(text, "create") ? OP_CREATE : 0) |
+              (strstr(text, "unlink") ? OP_UNLINK : 0) | (strstr(text, "rename") ? OP_RENAME : 0) |
+              (strstr(text, "fsync") ? OP_FSYNC : 0);
+    text = getenv("PYGDS_FAULT_ACTION");
+    cfg.action = ACTION_FAIL;
+    if (text != NULL && strcmp(text, "eof") == 0)
+        cfg.action = ACTION_EOF;
+    else if (text != NULL && strcmp(text, "crash-after") == 0)
+        cfg.action = ACTION_CRASH_AFTER;
+    else if (text != NULL && *text && strcmp(text, "fail") != 0)
+        fprintf(stderr, "pygds fault shim: unknown PYGDS_FAULT_ACTION=%s, using fail\n", text);
     cfg.err = EIO;
     text = getenv("PYGDS_FAULT_ERRNO");
     if (text != NULL && *text) {
@@ -136,9 +159,12 @@ static void load_once(void) { load(); }
 
 static void init(void) { pthread_once(&once, load_once); }
 
+#define CRASH_AFTER (-2)
+
 /*
  * Decide one call of kind `op` asking for `want` bytes: returns how many bytes may go through
- * (`want`, or fewer for the call crossing the byte limit), or -1 to fail it with cfg.err.
+ * (`want`, or fewer for the call crossing the byte limit; 0 for a read or write faulted with
+ * ACTION_EOF), -1 to fail it with cfg.err, or CRASH_AFTER to run it and then die.
  */
 static long long decide(int op, long long want)
 {
@@ -159,10 +185,30 @@ static long long decide(int op, long long want)
     } else {
         allowed = -1;
     }
-    if (allowed < 0)
+    if (allowed < 0) {
         cfg.injected++;
+        if (cfg.action == ACTION_EOF && (op & (OP_READ | OP_WRITE)))
+            allowed = 0;
+        else if (cfg.action == ACTION_CRASH_AFTER && (op & (OP_UNLINK | OP_RENAME | OP_FSYNC)))
+            allowed = CRASH_AFTER;
+    }
     pthread_mutex_unlock(&lock);
     return allowed;
+}
+
+/* Carry out `decide`'s verdict on a call without a byte count: fail it, or run `call(args)`
+ * (and die after it under CRASH_AFTER). */
+static int run_or_fault(long long verdict, int (*call)(void *), void *args)
+{
+    int rc;
+    if (verdict == -1) {
+        errno = cfg.err;
+        return -1;
+    }
+    rc = call(args);
+    if (verdict == CRASH_AFTER)
+        kill(getpid(), SIGKILL);
+    return rc;
 }
 
 static int is_tracked(int fd)
@@ -494,6 +540,130 @@ DEFINE_PRWV2(pwritev64v2, OP_WRITE, off64_t)
 DEFINE_PRWV2(preadv2, OP_READ, off_t)
 DEFINE_PRWV2(preadv64v2, OP_READ, off64_t)
 
+/* -- unlink, rename, fsync ------------------------------------------------------------------ */
+
+/* The verdict for a path operation of kind `op` (0 when it passes untouched). */
+static long long path_verdict(int op, int dirfd, const char *path)
+{
+    if (!affected(dirfd, path) || !(cfg.ops & op))
+        return 0;
+    return decide(op, 0);
+}
+
+struct unlinkat_args { int (*real)(int, const char *, int); int dirfd; const char *path; int flags; };
+static int call_unlinkat(void *p)
+{
+    struct unlinkat_args *a = p;
+    return a->real(a->dirfd, a->path, a->flags);
+}
+
+struct unlink_args { int (*real)(const char *); const char *path; };
+static int call_unlink(void *p)
+{
+    struct unlink_args *a = p;
+    return a->real(a->path);
+}
+
+API int unlink(const char *path)
+{
+    static int (*real)(const char *);
+    struct unlink_args a;
+    if (real == NULL)
+        real = (int (*)(const char *))next("unlink");
+    a.real = real;
+    a.path = path;
+    return run_or_fault(path_verdict(OP_UNLINK, AT_FDCWD, path), call_unlink, &a);
+}
+
+API int unlinkat(int dirfd, const char *path, int flags)
+{
+    static int (*real)(int, const char *, int);
+    struct unlinkat_args a;
+    if (real == NULL)
+        real = (int (*)(int, const char *, int))next("unlinkat");
+    a.real = real;
+    a.dirfd = dirfd;
+    a.path = path;
+    a.flags = flags;
+    return run_or_fault(path_verdict(OP_UNLINK, dirfd, path), call_unlinkat, &a);
+}
+
+struct rename_args {
+    const char *name; /* the libc function: rename, renameat or renameat2 */
+    int olddirfd, newdirfd;
+    const char *oldpath, *newpath;
+    unsigned int flags;
+};
+static int call_rename(void *p)
+{
+    static int (*real_rename)(const char *, const char *);
+    static int (*real_renameat)(int, const char *, int, const char *);
+    static int (*real_renameat2)(int, const char *, int, const char *, unsigned int);
+    struct rename_args *a = p;
+    if (strcmp(a->name, "rename") == 0) {
+        if (real_rename == NULL)
+            real_rename = (int (*)(const char *, const char *))next("rename");
+        return real_rename(a->oldpath, a->newpath);
+    }
+    if (strcmp(a->name, "renameat") == 0) {
+        if (real_renameat == NULL)
+            real_renameat = (int (*)(int, const char *, int, const char *))next("renameat");
+        return real_renameat(a->olddirfd, a->oldpath, a->newdirfd, a->newpath);
+    }
+    if (real_renameat2 == NULL)
+        real_renameat2 = (int (*)(int, const char *, int, const char *, unsigned int))next("renameat2");
+    return real_renameat2(a->olddirfd, a->oldpath, a->newdirfd, a->newpath, a->flags);
+}
+
+static int rename_common(const char *name, int olddirfd, const char *oldpath, int newdirfd,
+                         const char *newpath, unsigned int flags)
+{
+    struct rename_args a = {name, olddirfd, newdirfd, oldpath, newpath, flags};
+    return run_or_fault(path_verdict(OP_RENAME, olddirfd, oldpath), call_rename, &a);
+}
+
+API int rename(const char *oldpath, const char *newpath)
+{
+    return rename_common("rename", AT_FDCWD, oldpath, AT_FDCWD, newpath, 0);
+}
+
+API int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+{
+    return rename_common("renameat", olddirfd, oldpath, newdirfd, newpath, 0);
+}
+
+API int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
+                  unsigned int flags)
+{
+    return rename_common("renameat2", olddirfd, oldpath, newdirfd, newpath, flags);
+}
+
+struct fsync_args { int (*real)(int); int fd; };
+static int call_fsync(void *p)
+{
+    struct fsync_args *a = p;
+    return a->real(a->fd);
+}
+
+#define DEFINE_FSYNC(name)                                                    \
+    API int name(int fd)                                                      \
+    {                                                                         \
+        static int (*real)(int);                                              \
+        struct fsync_args a;                                                  \
+        long long verdict = 0;                                                \
+        if (real == NULL)                                                     \
+            real = (int (*)(int))next(#name);                                 \
+        init();                                                               \
+        if (is_tracked(fd) && (cfg.ops & OP_FSYNC))                           \
+            verdict = decide(OP_FSYNC, 0);                                    \
+        a.real = real;                                                        \
+        a.fd = fd;                                                            \
+        return run_or_fault(verdict, call_fsync, &a);                         \
+    }
+
+DEFINE_FSYNC(fsync)
+DEFINE_FSYNC(fdatasync)
+
 /* -- control from the process under test (ctypes.CDLL(None)) ------------------------------- */
 
 API int pygds_fault_reload(void)
@@ -504,6 +674,16 @@ API int pygds_fault_reload(void)
     rc = load();
     pthread_mutex_unlock(&lock);
     return rc;
+}
+
+API long long pygds_fault_calls(void)
+{
+    long long n;
+    init();
+    pthread_mutex_lock(&lock);
+    n = cfg.calls;
+    pthread_mutex_unlock(&lock);
+    return n;
 }
 
 API long long pygds_fault_injected(void)
