@@ -24,19 +24,22 @@ import os
 import re
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch
+from lmcache import torch_dev
 from lmcache.utils import CacheEngineKey
 from lmcache.v1.memory_allocators.tensor_memory_allocator import TensorMemoryAllocator
 from lmcache.v1.memory_management import MemoryAllocatorInterface, MemoryFormat, MemoryObj
-from lmcache.v1.storage_backend.abstract_backend import AllocatorBackendInterface
+from lmcache.v1.storage_backend.abstract_backend import AllocatorBackendInterface, StoragePluginInterface
 
 import pygds
 
 from .config import ConfigError, EnginePlan, PluginSettings, load_settings, plan_engine
 from .format import CorruptEntryError, EntryHeader, torch_dtype
+from .layout import InvalidKeyError
 from .store import EntryInfo, KVStore, StoreOptions
 
 log = logging.getLogger(__name__)
@@ -81,15 +84,23 @@ class _LockedTensorAllocator(TensorMemoryAllocator):
         return "GdsPluginAllocator"
 
 
-def device_index(dst_device: str) -> int | None:
-    """The CUDA ordinal in a destination like "cuda:3"; None for "cpu"; the current device for
-    a bare "cuda" (0 where CUDA is absent)."""
-    match = re.fullmatch(r"\s*(cuda|hip)(?::(\d+))?\s*", str(dst_device))
-    if not match:
-        return None
-    if match.group(2) is not None:
-        return int(match.group(2))
-    return torch.cuda.current_device() if torch.cuda.is_available() else 0
+def device_index(dst_device: str) -> int:
+    """The worker index LMCache's `PathSharder` derives from a destination, which picks the write
+    path `paths[index % n]`: N for any "type:N" ("cuda:3", "xpu:1", "cpu:1"), else the current
+    device of LMCache's accelerator for a bare accelerator name, else 0 ("cpu")."""
+    text = str(dst_device).strip()
+    kind, _, index = text.partition(":")
+    if index.isdigit():
+        return int(index)
+    if kind != "cpu" and torch_dev.is_available():
+        return int(torch_dev.current_device())
+    return 0
+
+
+def is_gpu_destination(dst_device: str) -> bool:
+    """True for a CUDA or HIP destination ("cuda", "cuda:3", "hip:0"): memory objects then live
+    in device memory, registered with cuFile or hipFile."""
+    return re.fullmatch(r"\s*(cuda|hip)(?::\d+)?\s*", str(dst_device)) is not None
 
 
 def header_for(memory_obj: MemoryObj) -> EntryHeader:
@@ -115,6 +126,15 @@ def _bytes_of(memory_obj: MemoryObj, nbytes: int) -> torch.Tensor:
     return flat[:nbytes]
 
 
+def _checksum_mode(setting: str, kind: str) -> str:
+    """The store's checksum mode for chunks in memory of `kind`. "auto" is decided here, once, by
+    the memory this adapter allocates from: the store would judge each chunk by its tensor, and a
+    CPU tensor over GPU memory (an embedder's `buffer`) would look like host memory to it."""
+    if setting != "auto":
+        return setting
+    return "always" if kind in ("host", "pinned") else "off"
+
+
 def _fs_types(paths: Sequence[str]) -> dict[str, str]:
     """The kernel's file-system type of each path ("unknown" where no mount holds it)."""
     from pygds import fsinfo
@@ -128,8 +148,10 @@ def _fs_types(paths: Sequence[str]) -> dict[str, str]:
     return types
 
 
-class GdsPluginBackend(AllocatorBackendInterface):
-    """A multi-path GPU-Direct-Storage KV-cache backend for LMCache (see the module docstring).
+class GdsPluginBackend(StoragePluginInterface, AllocatorBackendInterface):
+    """A multi-path GPU-Direct-Storage KV-cache backend for LMCache (see the module docstring):
+    a `StoragePluginInterface`, the interface LMCache documents for plugins, that also allocates
+    (`AllocatorBackendInterface`), as LMCache's GdsBackend does.
 
     `buffer` (not passed by LMCache): memory to allocate from instead of `buffer_size_mib` of
     our own, as a flat uint8 torch tensor; its kind (host or device) is asked of CUDA. Embedders
@@ -147,11 +169,8 @@ class GdsPluginBackend(AllocatorBackendInterface):
         *,
         buffer: Optional[torch.Tensor] = None,
     ) -> None:
-        super().__init__(dst_device=dst_device)
-        self.config = config
-        self.metadata = metadata
-        self.local_cpu_backend = local_cpu_backend
-        self.loop = loop
+        super().__init__(dst_device=dst_device, config=config, metadata=metadata,
+                         local_cpu_backend=local_cpu_backend, loop=loop)
         self._closed = False
         self._registered: Any = None
         self._buffer: Optional[torch.Tensor] = None
@@ -161,6 +180,7 @@ class GdsPluginBackend(AllocatorBackendInterface):
         self._request_keys: list[CacheEngineKey] = []
         self._request_lock = threading.Lock()
         self._alloc_failures = 0
+        self._unreadable: set[str] = set()
         try:
             self._start(buffer)
         except ConfigError as exc:
@@ -178,9 +198,8 @@ class GdsPluginBackend(AllocatorBackendInterface):
     def _start(self, buffer: Optional[torch.Tensor]) -> None:
         self.settings: PluginSettings = load_settings(self.config, environ=os.environ)
         s = self.settings
-        index = device_index(self.dst_device)
-        self.device_id = s.device_id if s.device_id is not None else (index or 0)
-        want_cuda = index is not None
+        self.device_id = s.device_id if s.device_id is not None else device_index(self.dst_device)
+        want_cuda = is_gpu_destination(self.dst_device)
         if buffer is None and want_cuda and not torch.cuda.is_available():
             log.warning("dst_device=%s but torch has no CUDA here: the gds plugin uses "
                         "host memory and POSIX I/O (path affinity still follows device %d)",
@@ -191,6 +210,7 @@ class GdsPluginBackend(AllocatorBackendInterface):
             # LocalDiskBackend does; no buffer of our own, and no copy of every chunk LMCache
             # hands to a put (StorageManager copies into any other allocator first).
             self._cpu_backend = self.local_cpu_backend
+            self._close_before_memory_is_freed(self._cpu_backend.get_memory_allocator())
             kind = "host"
         else:
             self._buffer = buffer if buffer is not None else self._allocate_buffer(want_cuda)
@@ -209,13 +229,34 @@ class GdsPluginBackend(AllocatorBackendInterface):
             paths=s.paths, device_id=self.device_id, engine=engine, io_threads=s.io_threads,
             direct_io=s.direct_io, data_suffix=self.plan.data_suffix, tmp_max_age_s=s.tmp_max_age_s,
             capacity_bytes=s.capacity_bytes, capacity_fraction=s.capacity_fraction,
-            stats_interval_s=_STATS_INTERVAL_S))
+            stats_interval_s=_STATS_INTERVAL_S, checksum=_checksum_mode(s.checksum, kind)))
         memory = "LMCache's LocalCPUBackend" if self._buffer is None else f"{self._buffer.numel() >> 20} MiB {kind} buffer"
         if self._registered:
             memory += f" registered with {engine}"
         log.info("gds plugin %r started: device %s (affinity %d) writes to %s of %d path(s); engine %s "
                  "(%s); memory: %s", s.plugin_name, self.dst_device, self.device_id,
                  self._store.write_path, len(s.paths), engine, self.plan.reason, memory)
+
+    def _close_before_memory_is_freed(self, allocator: MemoryAllocatorInterface) -> None:
+        """Make closing LMCache's CPU allocator close this plugin first.
+
+        Queued writes and running reads use memory objects of that allocator, and LMCache's
+        `StorageManager.close()` closes the LocalCPUBackend (which frees its whole pool, whatever
+        the objects' reference counts) before the plugins; LMCache offers no hook for this, so the
+        allocator's own `close` is wrapped on this instance. A weak reference keeps the allocator
+        from holding the plugin alive; a plugin already closed makes it a no-op.
+        """
+        free_pool = allocator.close
+        plugin = weakref.ref(self)
+
+        def close(*args: Any, **kwargs: Any) -> Any:
+            backend = plugin()
+            if backend is not None and not backend._closed:
+                log.info("LMCache's CPU memory is being freed: the gds plugin finishes its writes and closes first")
+                backend.close()
+            return free_pool(*args, **kwargs)
+
+        allocator.close = close  # type: ignore[method-assign]
 
     def _allocate_buffer(self, want_cuda: bool) -> torch.Tensor:
         size = self.settings.buffer_size_bytes
@@ -308,15 +349,17 @@ class GdsPluginBackend(AllocatorBackendInterface):
         memory_obj: MemoryObj,
         on_complete_callback: Optional[Callable[[CacheEngineKey], None]] = None,
     ) -> Optional[Future]:
-        """Write one chunk in the background; None when it is skipped (stored or in flight).
+        """Write one chunk in the background; None when it is skipped (a put of it is in flight).
 
+        A key the index holds is still submitted: another instance or `pygds cache evict` may
+        have removed its files, and the store's put confirms on disk (its future is then False).
         The memory object is held (`ref_count_up`) until both files are in place; then
         `on_complete_callback(key)` runs on the I/O thread.
         """
         key_text, chunk_hash = self._key(key)
         store = self.store
-        if store.is_pending(key_text) or store.contains(key_text, chunk_hash):
-            store.touch(key_text, chunk_hash)
+        store.touch(key_text, chunk_hash)  # a chunk LMCache stores again is in use
+        if store.is_pending(key_text):
             return None
         try:
             header = header_for(memory_obj)
@@ -368,16 +411,28 @@ class GdsPluginBackend(AllocatorBackendInterface):
             await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
 
     # -- reads --------------------------------------------------------------------------------
-    def _allocate_for(self, header: EntryHeader, busy_loop: bool = True) -> Optional[MemoryObj]:
-        shapes = [torch.Size(s) for s in header.shapes]
-        dtypes = [torch_dtype(d) for d in header.dtypes]
-        return self.allocate(shapes if len(shapes) > 1 else shapes[0], dtypes if len(dtypes) > 1 else dtypes[0],
-                             fmt=MemoryFormat(header.fmt), busy_loop=busy_loop)
+    def _allocate_for(self, info: EntryInfo, busy_loop: bool = True) -> Optional[MemoryObj]:
+        """Memory for an entry; None (a miss) when the allocator is full or cannot hold the
+        entry's memory format (LMCache's CPU allocator refuses BINARY and UNDEFINED with
+        ValueError), with one warning per format."""
+        header = info.header
+        try:
+            shapes = [torch.Size(s) for s in header.shapes]
+            dtypes = [torch_dtype(d) for d in header.dtypes]
+            return self.allocate(shapes if len(shapes) > 1 else shapes[0], dtypes if len(dtypes) > 1 else dtypes[0],
+                                 fmt=MemoryFormat(header.fmt), busy_loop=busy_loop)
+        except (ValueError, TypeError) as exc:
+            reason = f"memory format {header.fmt}, dtypes {list(header.dtypes)}: {exc}"
+            level = logging.DEBUG if reason in self._unreadable else logging.WARNING
+            self._unreadable.add(reason)
+            log.log(level, "gds plugin cannot load %s on %s (%s): served as a miss", info.key_text,
+                    self.dst_device, reason)
+            return None
 
     def _lookup(self, key: CacheEngineKey) -> Optional[EntryInfo]:
         try:
             return self.store.lookup(*self._key(key))
-        except CorruptEntryError:
+        except (CorruptEntryError, InvalidKeyError):
             return None
 
     def _read_entry(self, info: EntryInfo, memory_obj: MemoryObj) -> Optional[MemoryObj]:
@@ -396,22 +451,28 @@ class GdsPluginBackend(AllocatorBackendInterface):
     def get_blocking(self, key: CacheEngineKey) -> Optional[MemoryObj]:
         """Load one chunk (index first, then every path on disk); None on a miss or a bad entry."""
         info = self._lookup(key)
-        memory_obj = self._allocate_for(info.header) if info is not None else None
+        memory_obj = self._allocate_for(info) if info is not None else None
         if info is None or memory_obj is None:
             return None
         return self._read_entry(info, memory_obj)
 
     def _submit_read(self, info: EntryInfo, memory_obj: MemoryObj) -> Future:
-        """`_read_entry` on the disk_io_threads pool (inline when the pool is disabled)."""
-        if self._read_pool is None:
-            future: Future = Future()
-            future.set_result(self._read_entry(info, memory_obj))
-            return future
-        return self._read_pool.submit(self._read_entry, info, memory_obj)
+        """`_read_entry` on the disk_io_threads pool; inline when the pool is disabled or shut
+        down by a concurrent `close()` (the read then fails and frees its memory object, which
+        would otherwise be lost with the refused task)."""
+        pool = self._read_pool
+        if pool is not None:
+            try:
+                return pool.submit(self._read_entry, info, memory_obj)
+            except RuntimeError:  # "cannot schedule new futures after shutdown"
+                pass
+        future: Future = Future()
+        future.set_result(self._read_entry(info, memory_obj))
+        return future
 
     def _start_read(self, key: CacheEngineKey, busy_loop: bool) -> Optional[Future]:
         info = self._lookup(key)
-        memory_obj = self._allocate_for(info.header, busy_loop) if info is not None else None
+        memory_obj = self._allocate_for(info, busy_loop) if info is not None else None
         if info is None or memory_obj is None:
             return None
         return self._submit_read(info, memory_obj)
@@ -433,7 +494,7 @@ class GdsPluginBackend(AllocatorBackendInterface):
         jobs: list[Future] = []
         for key in keys:
             info = self._lookup(key)
-            memory_obj = await self._allocate_async(info.header) if info is not None else None
+            memory_obj = await self._allocate_async(info) if info is not None else None
             if info is None or memory_obj is None:
                 break
             jobs.append(self._submit_read(info, memory_obj))
@@ -448,10 +509,10 @@ class GdsPluginBackend(AllocatorBackendInterface):
                 memory_obj.ref_count_down()
         return loaded
 
-    async def _allocate_async(self, header: EntryHeader) -> Optional[MemoryObj]:
+    async def _allocate_async(self, info: EntryInfo) -> Optional[MemoryObj]:
         """`allocate` with retries that wait on the event loop instead of sleeping on it."""
         for attempt in range(self.settings.max_alloc_attempts):
-            memory_obj = self._allocate_for(header, busy_loop=False)
+            memory_obj = self._allocate_for(info, busy_loop=False)
             if memory_obj is not None:
                 return memory_obj
             if attempt + 1 < self.settings.max_alloc_attempts:
@@ -493,10 +554,13 @@ class GdsPluginBackend(AllocatorBackendInterface):
     ) -> Optional[MemoryObj]:
         """A memory object in the (registered) buffer; with `busy_loop`, up to
         `max_alloc_attempts` tries `allocation_attempt_delay_secs` apart. `eviction` does not
-        apply: the buffer holds only chunks in transit. Host memory comes from the
-        LocalCPUBackend, with its own eviction and waiting."""
+        apply to our buffer: it holds only chunks in transit. Host memory comes from the
+        LocalCPUBackend, with its eviction (`eviction`) but never its own busy loop, which waits
+        forever when nothing can be evicted: the same bounded tries apply."""
         if self._cpu_backend is not None:
-            return self._cpu_backend.allocate(shapes, dtypes, fmt, eviction=eviction, busy_loop=busy_loop)
+            cpu = self._cpu_backend
+            return self._retry(lambda: cpu.allocate(shapes, dtypes, fmt, eviction=eviction, busy_loop=False),
+                               busy_loop)
         return self._retry(lambda: self.memory_allocator.allocate(shapes, dtypes, fmt), busy_loop)
 
     def batched_allocate(
@@ -509,8 +573,9 @@ class GdsPluginBackend(AllocatorBackendInterface):
         busy_loop: bool = True,
     ) -> Optional[list[MemoryObj]]:
         if self._cpu_backend is not None:
-            return self._cpu_backend.batched_allocate(shapes, dtypes, batch_size, fmt, eviction=eviction,
-                                                      busy_loop=busy_loop)
+            cpu = self._cpu_backend
+            return self._retry(lambda: cpu.batched_allocate(shapes, dtypes, batch_size, fmt, eviction=eviction,
+                                                            busy_loop=False), busy_loop)
         return self._retry(lambda: self.memory_allocator.batched_allocate(shapes, dtypes, batch_size, fmt),
                            busy_loop)
 
@@ -524,9 +589,12 @@ class GdsPluginBackend(AllocatorBackendInterface):
                 time.sleep(self.settings.alloc_attempt_delay_s)
         self._alloc_failures += 1
         level = logging.WARNING if self._alloc_failures == 1 else logging.DEBUG
-        log.log(level, "gds plugin buffer full after %d attempt(s) (%d MiB; failures so far: %d). "
-                       "Fix: raise cufile_buffer_size / gds_buffer_size", tries, self.settings.buffer_size_mib,
-                self._alloc_failures)
+        if self._cpu_backend is not None:
+            memory, fix = "LMCache's CPU memory", "raise max_local_cpu_size"
+        else:
+            memory, fix = f"buffer ({self.settings.buffer_size_mib} MiB)", "raise cufile_buffer_size / gds_buffer_size"
+        log.log(level, "gds plugin: %s full after %d attempt(s) (failures so far: %d). Fix: %s",
+                memory, tries, self._alloc_failures, fix)
         return None
 
     def calculate_chunk_budget(self) -> int:

@@ -19,7 +19,10 @@ Long names: a data name longer than `MAX_DATA_NAME` bytes (255 minus the longest
 ".metadata.tmp" + 8 hex) would make LMCache fail with ENAMETOOLONG. Such a key is stored under the
 bounded name `<quoted prefix>+<sha1 of the key text>`; "+" never occurs in a quoted name, so bounded
 names cannot collide with ordinary ones, and both the writer and any reader of this module compute
-the same name from the key. LMCache cannot find these entries (it cannot store such keys at all).
+the same name from the key. LMCache cannot find these entries (it cannot store such keys at all),
+but its start-up scan parses every `.metadata` name as a key: the prefix therefore holds at most
+three quoted "@", so that parse fails with the ValueError the scan skips (a cut inside a later field
+of the key could raise KeyError, which stops LMCache's whole scan).
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ MAX_DATA_NAME = MAX_NAME_BYTES - len(METADATA_SUFFIX) - _TMP_SUFFIX_LEN
 """Longest data file name (bytes) whose metadata temporary name still fits in 255 bytes."""
 
 BOUNDED_MARK = "+"
+_QUOTED_AT = "%40"
+_KEY_FIELDS = 5
+"""LMCache's key text is `model@world_size@worker_id@chunk_hash@dtype[@tag%value...]`; its parser
+raises ValueError for fewer fields."""
 _TMP_RE = re.compile(r"\.tmp[0-9a-f]{8}$")
 # What quote(key, safe="") can produce: unreserved characters and upper-case %XX escapes, never
 # an escape of an unreserved character; escapes of bytes >= 0x80 must also form valid UTF-8.
@@ -54,9 +61,11 @@ class InvalidKeyError(ValueError):
 
 
 def parse_paths(paths: str | Sequence[str]) -> list[str]:
-    """Split a comma list (or take a sequence), trim items, drop empty ones."""
+    """Split a comma list (or take a sequence), trim items, drop empty ones; each becomes an
+    absolute path with `~` expanded, so that a later change of working directory moves nothing
+    and `~/cache` is the home directory's, not a directory named "~"."""
     items = paths.split(",") if isinstance(paths, str) else list(paths)
-    return [p.strip() for p in items if isinstance(p, str) and p.strip()]
+    return [os.path.abspath(os.path.expanduser(p.strip())) for p in items if isinstance(p, str) and p.strip()]
 
 
 def fanout(chunk_hash: int | str | bytes) -> tuple[str, str]:
@@ -148,7 +157,7 @@ class Layout:
         pct = prefix.rfind("%", max(0, len(prefix) - 2))
         if pct != -1:
             prefix = prefix[:pct]  # never cut a %XX escape in half
-        return f"{prefix}{BOUNDED_MARK}{digest}"
+        return f"{_fewer_fields_than_a_key(prefix)}{BOUNDED_MARK}{digest}"
 
     def data_name(self, key_text: str) -> str:
         """The data file name for a key text."""
@@ -194,6 +203,17 @@ class Layout:
         the header's `__metadata__.key`) or a name this layout never writes."""
         stem = self.stem_of_data_name(name)
         return None if stem is None else key_from_stem(stem)
+
+
+def _fewer_fields_than_a_key(prefix: str) -> str:
+    """`prefix` cut before its fourth quoted "@", so that LMCache's key parser rejects it with
+    ValueError (see the module docstring)."""
+    at = -1
+    for _ in range(_KEY_FIELDS - 1):
+        at = prefix.find(_QUOTED_AT, at + 1)
+        if at == -1:
+            return prefix
+    return prefix[:at]
 
 
 def key_from_stem(stem: str) -> str | None:

@@ -31,7 +31,7 @@ from lmcache_env import (
 )
 from lmcache_env import loop, no_lmcache_environment  # noqa: F401 - fixtures, used by name
 
-from lmcache_plugin.backend import GdsPluginBackend, device_index
+from lmcache_plugin.backend import GdsPluginBackend
 from lmcache_plugin.config import check_config
 
 BUF = {"cufile_buffer_size": 4}  # MiB: plenty for 2 KiB chunks
@@ -246,8 +246,25 @@ def test_affinity_override_on_a_cpu_destination(tmp_path, loop):
         gds.close()
 
 
-def test_device_index():
-    assert (device_index("cuda:3"), device_index("cpu"), device_index("cuda")) == (3, None, 0)
+def test_a_relative_path_stays_the_same_directory_after_chdir(tmp_path, loop, monkeypatch):
+    """A relative gds_path names the directory it named at start-up, whatever the working
+    directory later; `~` is the home directory."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    gds = launch_plugins(make_config(extra_config=plugin_extra("rel/cache,~/cache", device_id=0, **BUF)),
+                         make_metadata(), loop)["gds"]
+    try:
+        assert gds.store.paths == (str(tmp_path / "rel" / "cache"), str(tmp_path / "home" / "cache"))
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        keys = [make_key(h) for h in (2468, 13579)]
+        data = put_all(gds, keys)
+        assert len(data_files(str(tmp_path / "rel" / "cache"))) == 2 and not os.listdir(elsewhere)
+        assert_served(gds, keys, data)
+    finally:
+        gds.close()
+    assert not (tmp_path / "~").exists()
 
 
 def two_workers(tmp_path, loop, npaths=2):
@@ -291,6 +308,31 @@ def test_a_miss_written_later_on_another_path_is_served(tmp_path, loop):
     finally:
         first.close()
         second.close()
+
+
+def test_a_chunk_another_instance_removed_is_stored_again(tmp_path, loop):
+    """A puts k, B indexes it (contains), A removes it: B's put of k writes it again, since the
+    index alone does not prove that the file is still there."""
+    path = str(tmp_path / "c")
+    config = make_config(extra_config=plugin_extra(path, **BUF))
+    a, b = (launch_plugins(config, make_metadata(), loop, dst_device="cuda:0")["gds"] for _ in range(2))
+    try:
+        key = make_key(515151)
+        put_all(a, [key])
+        assert b.contains(key)
+        assert a.remove(key) and data_files(path) == []
+        obj = random_obj(b, 9)
+        data = obj_bytes(obj)
+        future = b.submit_put_task(key, obj)
+        obj.ref_count_down()
+        assert future is not None and future.result(timeout=30) is True
+        (file,) = data_files(path)
+        with open(file, "rb") as f:
+            assert f.read()[4096:] == data
+        assert_served(a, [key], [data])
+    finally:
+        a.close()
+        b.close()
 
 
 def test_scheduler_role_starts_on_a_cpu_destination(tmp_path, loop):

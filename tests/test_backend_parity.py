@@ -1,4 +1,4 @@
-"""Issue 9, item by item: parity with LMCache 0.5.6's GdsBackend, and what it gets wrong.
+"""Parity with LMCache 0.5.6's GdsBackend, item by item, and what it gets wrong.
 
 Each test names the item it proves. LMCache's own functions are used where the item is about
 interoperating with it (header packing, path naming, its start-up scan).
@@ -222,12 +222,14 @@ def test_single_group_files_are_lmcaches_own(start, tmp_path):
     path = lmcache_paths(str(tmp_path / "c"), key)
     with open(path, "rb") as f:
         raw = f.read()
-    assert raw[:4096] == pack_metadata(tensor, fmt=MemoryFormat.KV_2LTD, lmcache_version="1")
     assert raw[4096:] == put_data
     with open(path + ".metadata", "rb") as f:
-        shape, dtype, nbytes, fmt, extra = unpack_metadata(f.read())
-    assert (shape, dtype, nbytes, fmt, extra) == (tensor.shape, tensor.dtype, len(put_data),
-                                                  MemoryFormat.KV_2LTD, {"lmcache_version": "1"})
+        assert f.read() == raw[:4096]
+    shape, dtype, nbytes, fmt, extra = unpack_metadata(raw[:4096])  # LMCache's own reader
+    assert (shape, dtype, nbytes, fmt) == (tensor.shape, tensor.dtype, len(put_data), MemoryFormat.KV_2LTD)
+    assert extra["lmcache_version"] == "1"
+    lmcache_header = pack_metadata(tensor, fmt=MemoryFormat.KV_2LTD, lmcache_version="1")
+    assert unpack_metadata(lmcache_header)[:4] == (shape, dtype, nbytes, fmt)
 
 
 def test_lmcache_written_entries_are_served(start, tmp_path):
@@ -457,7 +459,8 @@ def test_every_interface_method_works(start, loop):
     objs = [random_obj(b, i) for i in range(3)]
     data = [obj_bytes(o) for o in objs]
     assert b.submit_put_task(k1, objs[0]).result(30) is True
-    assert b.submit_put_task(k1, objs[0]) is None  # stored: skipped
+    assert b.submit_put_task(k1, objs[0]).result(30) is False  # on disk already: not written again
+    assert b.stats()["puts"] == 1
     run(loop, b.async_batched_submit_put_task([k2, k3], objs[1:]))
     release(objs)
     assert not b.exists_in_put_tasks(k1)
@@ -476,9 +479,21 @@ def test_every_interface_method_works(start, loop):
     release(many)
     assert b.get_allocator_backend() is b and b.get_memory_allocator() is not None
     assert b.calculate_chunk_budget() == (4 << 20) // 4096
+    # LMCache calls cancel_request when vLLM aborts a request: nothing the plugin holds belongs to
+    # one request, so it keeps LMCache's no-op: an in-flight write, a pin and stored entries stay.
+    pending = random_obj(b, 9)
+    pending_data = obj_bytes(pending)
+    k4 = make_key(60000004)
+    future = b.submit_put_task(k4, pending)
+    pending.ref_count_down()
+    assert b.pin(k2)
     b.cancel_request("r")
+    assert future.result(30) is True and b.store.is_pinned(k2.to_string(), k2.chunk_hash) and b.unpin(k2)
+    kept = b.batched_get_blocking([k1, k2, k3, k4])
+    assert [obj_bytes(o) for o in kept] == data + [pending_data]
+    release(kept)
     b.touch_cache()
-    assert b.clear() == 3 and not b.contains(k1)
+    assert b.clear() == 4 and not b.contains(k1)
     assert b.get_memory_allocator().total_allocated_size == 0
     assert b.initialize_allocator(b.config, b.metadata) is not None
 

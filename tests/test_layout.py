@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.parse
 
@@ -40,6 +41,16 @@ def test_paths_are_trimmed_and_empty_items_dropped():
     for bad in ("", " , ,", [], ["  "]):
         with pytest.raises(ValueError, match="gds_path"):
             Layout(bad)
+
+
+def test_paths_are_absolute_and_home_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert parse_paths("~/cache, rel/c ,/abs/./x/") == [str(tmp_path / "home" / "cache"), str(tmp_path / "rel" / "c"),
+                                                       "/abs/x"]
+    layout = Layout("rel/c,~/cache", device_id=1)
+    assert layout.paths == (str(tmp_path / "rel" / "c"), str(tmp_path / "home" / "cache"))
+    assert layout.write_path == str(tmp_path / "home" / "cache")
 
 
 def test_same_directory_listed_twice_is_scanned_once(tmp_path):
@@ -145,6 +156,30 @@ def test_long_keys_get_bounded_distinct_names(tmp_path):
         assert layout.stem_of_data_name(os.path.basename(path)) == stem
         assert layout.key_text_of(os.path.basename(path)) is None
     assert not is_bounded_stem(layout.stem("a+b"))  # '+' in a key is quoted
+
+
+def test_bounded_names_are_never_parsed_as_lmcache_keys():
+    """LMCache's start-up scan parses each `.metadata` name (unquoted) with `parse_cache_key` and
+    skips only ValueError: wherever the cut falls in the key, a bounded stem raises ValueError."""
+    lmcache_utils = pytest.importorskip("lmcache.utils")
+    layout = Layout("/c")
+    cut_fields = set()
+    for model_len in range(1, 240, 3):
+        for tags in ("", "@user%" + "u" * 60 + "@session%" + "s" * 200):
+            key = "m" * model_len + "@1@0@1f2e3d@bfloat16" + tags
+            stem = layout.stem(key)
+            if not is_bounded_stem(stem):
+                continue
+            prefix = urllib.parse.unquote(stem.split("+", 1)[0])
+            cut_fields.add(prefix.count("@"))
+            assert key.startswith(prefix)
+            with pytest.raises(ValueError):
+                lmcache_utils.parse_cache_key(urllib.parse.unquote(stem))
+    assert cut_fields == {0, 1, 2, 3}  # the cut fell in every field; at most three "@" are kept
+    # a name cut before its fourth "@" is what earlier versions wrote: those entries stay readable
+    key = "m" * 300 + "@1@0@1f2e3d@bfloat16"
+    keep = MAX_DATA_NAME - len(DATA_SUFFIX) - len("+") - 40
+    assert layout.stem(key) == "m" * keep + "+" + hashlib.sha1(key.encode()).hexdigest()
 
 
 def test_foreign_and_non_canonical_names_are_not_entries():

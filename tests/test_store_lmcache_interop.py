@@ -172,3 +172,40 @@ def test_a_metadata_file_we_rebuild_is_what_lmcache_reads(tmp_path):
     with open(metadata_path(path), "rb") as f:
         assert f.read() == pack_header(EntryHeader.for_tensor(tensor, MemoryFormat.KV_2LTD))
     assert backend._try_to_read_metadata(key).size == tensor.nbytes
+
+
+def long_key(model_len: int, chunk_hash: int) -> CacheEngineKey:
+    """A key whose quoted text exceeds a file name, with two tags after the dtype field."""
+    tags = {"lmcache.tag.user": "u" * 40, "lmcache.tag.session": "s" * 40}
+    return CacheEngineKey("m" * model_len, 1, 0, chunk_hash, torch.bfloat16, request_configs=tags)
+
+
+def test_lmcaches_start_up_scan_survives_our_long_key_names(tmp_path):
+    """LMCache's `_scan_metadata` parses every `.metadata` name as a key and stops at any error
+    but ValueError. Long keys whose bounded names are cut in each field of the key (model, world
+    size, worker, hash, dtype, tags) sit in one directory with ordinary entries: LMCache's real
+    scan indexes every ordinary entry and nothing else; our store finds and serves them all."""
+    paths = [str(tmp_path / "a")]
+    ordinary = [make_key(i, 20_000_000 + i) for i in range(20)]
+    long_keys = [long_key(n, 20_000_100 + n) for n in range(100, 200)]
+    assert len({Layout(paths).stem(k.to_string()) for k in long_keys}) == len(long_keys)
+    expected = {}
+    with KVStore(StoreOptions(paths=paths, engine="posix")) as store:
+        for i, key in enumerate(ordinary + long_keys):
+            tensor = rand_tensor((2, 4), seed=i)
+            header = EntryHeader.for_tensor(tensor, MemoryFormat.KV_2LTD)
+            assert store.put(key.to_string(), key.chunk_hash, tensor, header)
+            expected[key] = tensor
+    assert len(os.listdir(tmp_path / "a" / "20" / "00")) == 2 * len(expected)  # one directory
+
+    scanner = lmcache_backend(paths)
+    asyncio.run(scanner._scan_metadata())  # LMCache's own coroutine, as its constructor starts it
+    assert set(scanner.hot_cache) == set(ordinary)
+
+    with KVStore(StoreOptions(paths=paths, engine="posix")) as store:
+        assert store.wait_for_scan(30) and store.stats().as_dict()["scan_entries"] == len(expected)
+        for key, tensor in expected.items():
+            info = store.lookup(key.to_string(), key.chunk_hash)
+            out = torch.empty_like(tensor)
+            store.read_into(info, out)
+            assert torch.equal(out.view(torch.int16), tensor.view(torch.int16))

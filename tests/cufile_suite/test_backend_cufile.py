@@ -93,8 +93,10 @@ def test_memory_objects_through_cufile_byte_exact(tmp_path, loop):
         for obj in objs:
             obj.ref_count_down()
         assert [f.result(60) for f in futures] == [True] * 4
-        header = pack_header(EntryHeader.single(chunk_shape(), torch.bfloat16, MemoryFormat.KV_2LTD.value))
         for key, blob in zip(keys, data):
+            # GPU memory under checksum "auto": the header names the key and carries no checksum
+            header = pack_header(EntryHeader.single(chunk_shape(), torch.bfloat16, MemoryFormat.KV_2LTD.value,
+                                                    {"lmcache_version": "1", "key": key.to_string()}))
             info = backend.store.lookup(key.to_string(), key.chunk_hash)
             with open(info.path, "rb") as f:
                 assert f.read() == header + blob
