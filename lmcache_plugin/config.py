@@ -24,6 +24,7 @@ type of each path, from `pygds.fsinfo`, x the requested engine x the memory kind
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -32,7 +33,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from .layout import DATA_SUFFIX, WEKA_DATA_SUFFIX
+from pygds.cli.output import parse_size
+
+from .layout import DATA_SUFFIX, WEKA_DATA_SUFFIX, parse_paths
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ DEFAULT_BUFFER_MIB = 1024
 ENGINES = ("auto", "cufile", "hipfile", "posix")
 SHARDINGS = ("by_gpu",)
 GDS_LIBRARIES = ("cufile", "hipfile")
+CHECKSUMS = ("auto", "always", "off")
 # File systems where GPU-direct I/O cannot work (kernel names, as /proc/mounts has them).
 NO_GDS_FSTYPES = ("tmpfs", "ramfs", "overlay")
 WEKA_FSTYPE = "wekafs"
@@ -66,11 +70,20 @@ _REGISTRATION_KEYS = ("module_path", "class_name")
 
 
 class ConfigError(ValueError):
-    """A bad setting; the message names the key, the value and the fix."""
+    """A bad setting; the message names the key, the value, where it was written and the fix.
 
-    def __init__(self, key: str, value: Any, problem: str, fix: str) -> None:
-        self.key, self.value, self.problem, self.fix = key, value, problem, fix
-        super().__init__(f"gds plugin setting {key}={value!r}: {problem}. Fix: {fix}")
+    `source` (e.g. "environment LMCACHE_CHUNK_SIZE") is named in the message, so a bad value
+    from a variable is found where it was set, not looked for in the YAML file.
+    """
+
+    def __init__(self, key: str, value: Any, problem: str, fix: str, source: str | None = None) -> None:
+        self.key, self.value, self.problem, self.fix, self.source = key, value, problem, fix, source
+        where = f" (from {source})" if source else ""
+        super().__init__(f"gds plugin setting {key}={value!r}{where}: {problem}. Fix: {fix}")
+
+    def at(self, source: str) -> "ConfigError":
+        """The same error, naming where the value was written."""
+        return ConfigError(self.key, self.value, self.problem, self.fix, source)
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,10 @@ class PluginSettings:
     local_cpu: bool = True
     max_local_cpu_size_gb: float = 5.0
     builtin_gds_paths: tuple[str, ...] = ()  # where LMCache's own GdsBackend also runs
+    # Whether entries carry an XXH3-64 checksum of their data and reads verify it: "auto" on
+    # host-memory destinations only (cheap next to the I/O there), "always" also on GPU memory
+    # through a staging copy, "off" never.
+    checksum: str = "auto"
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -157,35 +174,38 @@ def _choice(key: str, value: Any, allowed: Sequence[str]) -> str:
 
 
 def _paths(key: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        items = value.split(",")
-    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        items = list(value)
-    else:
+    """Absolute, `~`-expanded directories (`layout.parse_paths`), so the working directory of
+    whoever opens the cache later cannot move it."""
+    if not (isinstance(value, str) or
+            (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))):
         raise ConfigError(key, value, "not a path or a comma-separated list of paths",
                           f'write e.g. {key}: "/mnt/nvme0/cache,/mnt/nvme1/cache"')
-    paths = tuple(p.strip() for p in items if p.strip())
+    paths = tuple(parse_paths(value))
     if not paths:
         raise ConfigError(key, value, "no path given (the list is empty)",
                           f'name at least one directory, e.g. {key}: "/mnt/gds/cache"')
     return paths
 
 
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-
-
 def _size(key: str, value: Any) -> int:
-    """Bytes: a whole number, or a number with a binary unit (K, M, G, T, P; `i`/`B` optional)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*", value, re.I) \
-        if isinstance(value, str) else None
-    if match:
-        nbytes = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-        if nbytes > 0:
-            return nbytes
-    raise ConfigError(key, value, "not a positive size in bytes",
-                      f"write bytes or a size with a unit, e.g. {key}: 500G")
+    """Bytes: a whole number, or a number with a binary unit (`pygds.cli.output.parse_size`)."""
+    nbytes = 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        nbytes = value
+    elif isinstance(value, str):
+        try:
+            nbytes = parse_size(value)
+        except ValueError:
+            pass
+    if nbytes <= 0:
+        raise ConfigError(key, value, "not a positive size in bytes",
+                          f"write bytes or a size with a unit, e.g. {key}: 500G")
+    return nbytes
+
+
+def _checksum(key: str, value: Any) -> str:
+    """auto | always | off; YAML reads an unquoted `off` as false, which means "off" here too."""
+    return "off" if value is False else _choice(key, value, CHECKSUMS)
 
 
 def _fraction(key: str, value: Any) -> float:
@@ -204,7 +224,7 @@ _SIMPLE: dict[str, tuple[tuple[str, ...], Callable[[str, Any], Any], Any]] = {
     "paths": (("gds_path",), _paths, ()),
     "path_sharding": (("gds_path_sharding",), lambda k, v: _choice(k, v, SHARDINGS), "by_gpu"),
     "buffer_size_mib": (("cufile_buffer_size", "gds_buffer_size"), _buffer_mib, DEFAULT_BUFFER_MIB),
-    "io_threads": (("disk_io_threads",), lambda k, v: _int(k, v), 4),
+    "io_threads": (("disk_io_threads",), lambda k, v: _int(k, v, minimum=0, example="4 (0 reads in the caller)"), 4),
     "direct_io": (("use_direct_io",), _bool, False),
     "max_alloc_attempts": (("max_alloc_attempts",), lambda k, v: _int(k, v, minimum=1, example="10"), 10),
     "alloc_attempt_delay_s": (("allocation_attempt_delay_secs",),
@@ -216,6 +236,7 @@ _SIMPLE: dict[str, tuple[tuple[str, ...], Callable[[str, Any], Any], Any]] = {
     "chunk_size": (("chunk_size",), lambda k, v: _int(k, v, minimum=1, example="256"), 256),
     "local_cpu": (("local_cpu",), _bool, True),
     "max_local_cpu_size_gb": (("max_local_cpu_size",), lambda k, v: _float(k, v, example="5"), 5.0),
+    "checksum": (("checksum",), _checksum, "auto"),
 }
 _ENGINE_KEYS = ("engine", "use_cufile", "use_gds", "use_hipfile", "gds_backend")
 # Every key this plugin reads (the documentation's table lists the same).
@@ -298,6 +319,14 @@ def _unquote(text: str) -> str:
     return text
 
 
+def _parsed(found: _Found, parse: Callable[[str, Any], Any]) -> Any:
+    """`parse(key, value)`; a ConfigError names where the value was written."""
+    try:
+        return parse(found.key, found.value)
+    except ConfigError as exc:
+        raise exc.at(found.source) from None
+
+
 def _pick(layers: _Layers, field_name: str, spellings: Sequence[str], notes: list[tuple[int, str]]
           ) -> _Found | None:
     found = [f for f in (layers.find(k) for k in spellings) if f is not None]
@@ -319,15 +348,15 @@ def _resolve_engine(layers: _Layers, settings: dict[str, Any], sources: dict[str
     engine = layers.find("engine")
     switch = _pick(layers, "GDS on/off", ("use_cufile", "use_gds"), notes)
     library = _pick(layers, "GDS library", ("use_hipfile", "gds_backend"), notes)
-    on = _bool(switch.key, switch.value) if switch is not None else True
+    on = _parsed(switch, _bool) if switch is not None else True
     lib = "cufile"
     if library is not None:
         if library.key == "use_hipfile":
-            lib = "hipfile" if _bool(library.key, library.value) else "cufile"
+            lib = "hipfile" if _parsed(library, _bool) else "cufile"
         else:
-            lib = _choice(library.key, library.value, GDS_LIBRARIES)
+            lib = _parsed(library, lambda k, v: _choice(k, v, GDS_LIBRARIES))
     if engine is not None:
-        requested = _choice("engine", engine.value, ENGINES)
+        requested = _parsed(engine, lambda k, v: _choice(k, v, ENGINES))
         settings["engine"], settings["engine_explicit"] = requested, requested != "auto"
         sources["engine"] = engine.source
         for other in (switch, library):
@@ -360,8 +389,9 @@ def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
-def _plugin_name(config_like: Any, extra: Mapping[str, Any]) -> str:
+def _plugin_name(config_like: Any, extra: Any) -> str:
     """The name this plugin is registered under (the one whose module_path is ours)."""
+    extra = extra if isinstance(extra, dict) else {}
     names = list(getattr(config_like, "storage_plugins", None) or [])
     ours = [n for n in names if extra.get(f"storage_plugin.{n}.module_path") == MODULE_PATH]
     if ours:
@@ -373,17 +403,23 @@ def _build(layers: _Layers, errors: list[ConfigError], notes: list[tuple[int, st
     """Validate every key; collect errors (a bad key keeps its default so the others are checked)."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    extra_error = _extra_config_variable_error(layers.environ)
+    if extra_error is not None:
+        errors.append(extra_error)
     for field_name, (spellings, parse, default) in _SIMPLE.items():
         found = _pick(layers, field_name, spellings, notes)
         if found is None:
             values[field_name], sources[field_name] = default, "default"
             continue
         try:
-            values[field_name] = parse(found.key, found.value)
+            values[field_name] = _parsed(found, parse)
             sources[field_name] = found.source
         except ConfigError as exc:
             errors.append(exc)
             values[field_name], sources[field_name] = default, "default (bad value given)"
+            continue
+        if field_name == "paths":
+            notes += [(logging.WARNING, message) for message in _relative_path_warnings(found)]
     try:
         _resolve_engine(layers, values, sources, notes)
     except ConfigError as exc:
@@ -398,7 +434,8 @@ def _build(layers: _Layers, errors: list[ConfigError], notes: list[tuple[int, st
             "max_local_cpu_size", values["max_local_cpu_size_gb"],
             "LMCache needs its CPU backend as the staging allocator of every storage backend, "
             "also with local_cpu: false, and creates it only when max_local_cpu_size > 0",
-            "set max_local_cpu_size to a positive size in GB, e.g. max_local_cpu_size: 5"))
+            "set max_local_cpu_size to a positive size in GB, e.g. max_local_cpu_size: 5",
+            None if sources["max_local_cpu_size_gb"] == "default" else sources["max_local_cpu_size_gb"]))
     for key in layers.extra:
         prefix = f"storage_plugin.{layers.name}."
         if key.startswith(prefix):
@@ -407,7 +444,8 @@ def _build(layers: _Layers, errors: list[ConfigError], notes: list[tuple[int, st
                 notes.append((logging.WARNING, f"extra_config[{key!r}] is not a setting of the gds plugin "
                                                f"and is ignored; known: {', '.join(KNOWN_KEYS)}"))
     builtin = layers.lmcache_value("gds_path")
-    builtin_paths = tuple(p.strip() for p in str(builtin).split(",") if p.strip()) if builtin else ()
+    builtin_paths = tuple(parse_paths(builtin if isinstance(builtin, (list, tuple)) else str(builtin))) \
+        if builtin else ()
     values.update(plugin_name=layers.name, builtin_gds_paths=builtin_paths, sources=sources)
     settings = PluginSettings(**values)
     shared = settings.shared_with_builtin()
@@ -427,6 +465,43 @@ def _build(layers: _Layers, errors: list[ConfigError], notes: list[tuple[int, st
             f"sees {', '.join(hidden)}; the gds plugin still reads its own keys there. Put every "
             "extra_config key into LMCACHE_EXTRA_CONFIG, or none")))
     return settings
+
+
+def _relative_path_warnings(found: _Found) -> list[str]:
+    """One warning per gds_path entry written relative to the working directory.
+
+    The split mirrors `layout.parse_paths`, which resolves the entries and cannot say afterwards
+    which of them were relative.
+    """
+    items = found.value.split(",") if isinstance(found.value, str) else found.value
+    relative = [i.strip() for i in items if i.strip() and not os.path.isabs(os.path.expanduser(i.strip()))]
+    warnings = []
+    for entry in relative:
+        [resolved] = parse_paths([entry])
+        warnings.append(str(ConfigError(
+            found.key, entry, f"a relative path is resolved against the current directory, here to {resolved}; "
+                              "a process started in another directory would use another cache",
+            f"write the absolute path, e.g. {found.key}: {resolved}", found.source)))
+    return warnings
+
+
+def _extra_config_variable_error(environ: Mapping[str, str]) -> ConfigError | None:
+    """LMCACHE_EXTRA_CONFIG that is not a JSON object: LMCache ignores it with only a warning."""
+    text = environ.get("LMCACHE_EXTRA_CONFIG")
+    if not text or not _unquote(text):
+        return None
+    fix = ("write one JSON object, e.g. LMCACHE_EXTRA_CONFIG='{\"storage_plugin.gds.gds_path\": "
+           "\"/mnt/gds/cache\"}', or unset the variable")
+    try:
+        value = json.loads(_unquote(text))
+    except json.JSONDecodeError as exc:
+        return ConfigError("LMCACHE_EXTRA_CONFIG", text,
+                           f"the environment variable is not valid JSON ({exc.msg} at line {exc.lineno} column "
+                           f"{exc.colno}, character {exc.pos}), so LMCache ignores it with a warning", fix)
+    if not isinstance(value, dict):
+        return ConfigError("LMCACHE_EXTRA_CONFIG", text,
+                           "the environment variable is JSON but not an object of keys, which LMCache fails on", fix)
+    return None
 
 
 def load_settings(config: Any, *, plugin_name: str | None = None,
@@ -460,13 +535,14 @@ def load_settings(config: Any, *, plugin_name: str | None = None,
     for level, message in notes:
         log.log(level, "%s", message)
     if create_dirs:
-        prepare_paths(settings.paths)
+        prepare_paths(settings.paths, source=settings.sources.get("paths"))
     log.debug("gds plugin settings: %s", settings)
     return settings
 
 
-def prepare_paths(paths: Sequence[str]) -> None:
-    """Create every directory and prove it writable with a probe file; ConfigError otherwise."""
+def prepare_paths(paths: Sequence[str], source: str | None = None) -> None:
+    """Create every directory and prove it writable with a probe file; ConfigError otherwise
+    (naming `source`, where the paths were written)."""
     for path in paths:
         probe = os.path.join(path, f".pygds-probe-{os.getpid()}")
         try:
@@ -478,15 +554,18 @@ def prepare_paths(paths: Sequence[str]) -> None:
             raise ConfigError("gds_path", path, f"the directory cannot be created or written "
                                                 f"({exc.strerror or exc})",
                               "create it and give this process write permission, or pick "
-                              "another directory") from None
+                              "another directory", source) from None
 
 
-def check_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> list[str]:
+def check_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
+                 notes: list[str] | None = None) -> list[str]:
     """Problems with a YAML configuration file, as messages (empty when it is fine).
 
-    Pure: it creates nothing and logs nothing. With `environ`, the `LMCACHE_*` variables are
+    It creates nothing and logs nothing; it imports the registered `module_path`, as LMCache
+    would, to prove the class is there. With `environ`, the `LMCACHE_*` variables are
     layered over the file the way LMCache does (an `LMCACHE_EXTRA_CONFIG` replaces the file's
-    extra_config, which can drop this plugin's registration).
+    extra_config, which can drop this plugin's registration). What could not be checked, and
+    why, is appended to `notes`.
     """
     environ = dict(environ or {})
     try:
@@ -498,18 +577,19 @@ def check_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None
     effective = _LMCacheView(doc, environ)
     problems: list[str] = []
     name = _plugin_name(effective, effective.extra_config or {})
-    problems += _registration_problems(effective, name, str(path), environ)
+    problems += _registration_problems(effective, name, str(path), environ, notes if notes is not None else [])
     layers = _Layers(name=name, config=effective, yaml_doc=doc, yaml_path=str(path), environ=environ)
     errors: list[ConfigError] = []
-    notes: list[tuple[int, str]] = []
-    settings = _build(layers, errors, notes)
+    logged: list[tuple[int, str]] = []
+    settings = _build(layers, errors, logged)
     problems += [str(e) for e in errors]
-    problems += [message for level, message in notes if level >= logging.WARNING]
+    problems += [message for level, message in logged if level >= logging.WARNING]
     if not any(e.key == "gds_path" for e in errors):
         for p in settings.paths:
             problem = _path_problem(p)
             if problem:
-                problems.append(str(ConfigError("gds_path", p, problem, "create it or pick a writable directory")))
+                problems.append(str(ConfigError("gds_path", p, problem, "create it or pick a writable directory",
+                                                settings.sources["paths"])))
     return problems
 
 
@@ -534,13 +614,18 @@ class _LMCacheView:
             self.storage_plugins = [p.strip() for p in environ["LMCACHE_STORAGE_PLUGINS"].split(",") if p.strip()]
         self.extra_config = doc.get("extra_config")
         if "LMCACHE_EXTRA_CONFIG" in environ:
+            # Not a JSON object: `_extra_config_variable_error` reports it (LMCache keeps the file's
+            # extra_config for invalid JSON and fails on other JSON), so judge the rest by the file.
             try:
-                self.extra_config = json.loads(environ["LMCACHE_EXTRA_CONFIG"] or "null")
+                value = json.loads(_unquote(environ["LMCACHE_EXTRA_CONFIG"]) or "null")
             except json.JSONDecodeError:
-                self.extra_config = None
+                value = self.extra_config
+            if value is None or isinstance(value, dict):
+                self.extra_config = value
 
 
-def _registration_problems(view: _LMCacheView, name: str, path: str, environ: Mapping[str, str]) -> list[str]:
+def _registration_problems(view: _LMCacheView, name: str, path: str, environ: Mapping[str, str],
+                           notes: list[str]) -> list[str]:
     plugins = view.storage_plugins
     extra = view.extra_config if isinstance(view.extra_config, dict) else {}
     if isinstance(plugins, str):
@@ -552,7 +637,7 @@ def _registration_problems(view: _LMCacheView, name: str, path: str, environ: Ma
                 f"Fix: add `storage_plugins: [{name}]` (or LMCACHE_STORAGE_PLUGINS={name})"]
     missing = [k for k in _REGISTRATION_KEYS if not extra.get(f"storage_plugin.{name}.{k}")]
     if not missing:
-        return []
+        return _backend_class_problems(extra, name, notes)
     if "LMCACHE_EXTRA_CONFIG" in environ:
         return [f"LMCACHE_EXTRA_CONFIG replaces the whole extra_config of {path} (LMCache 0.5.6 does not "
                 f"merge them), so the plugin's registration ({', '.join(missing)}) is gone and LMCache "
@@ -560,6 +645,32 @@ def _registration_problems(view: _LMCacheView, name: str, path: str, environ: Ma
                 "other keys into the file and unset it"]
     return [f"extra_config lacks storage_plugin.{name}.{' / '.join(missing)}, so LMCache will not load "
             f"the gds plugin. Fix: add {registration} to extra_config"]
+
+
+def _backend_class_problems(extra: Mapping[str, Any], name: str, notes: list[str]) -> list[str]:
+    """Whether the registered module imports and names an LMCache storage backend class."""
+    module_key, class_key = (f"storage_plugin.{name}.{k}" for k in _REGISTRATION_KEYS)
+    module_path, class_name = extra[module_key], extra[class_key]
+    fix = f"write {module_key}: {MODULE_PATH} and {class_key}: {CLASS_NAME}"
+    try:
+        from lmcache.v1.storage_backend.abstract_backend import StorageBackendInterface
+    except ImportError as exc:
+        notes.append(f"{module_key}={module_path!r} and {class_key}={class_name!r} were not checked: lmcache "
+                     f"cannot be imported here ({exc}); install it (pip install 'pygds[lmcache]') to check them")
+        return []
+    try:
+        module = importlib.import_module(str(module_path))
+    except Exception as exc:  # ImportError, or whatever the module's own code raised while loading
+        return [str(ConfigError(module_key, module_path, f"LMCache cannot import it ({type(exc).__name__}: {exc}), "
+                                                         "so it will not load the gds plugin", fix))]
+    cls = getattr(module, str(class_name), None)
+    if cls is None:
+        return [str(ConfigError(class_key, class_name, f"module {module_path} has no such class, so LMCache will "
+                                                       "not load the gds plugin", fix))]
+    if not (isinstance(cls, type) and issubclass(cls, StorageBackendInterface)):
+        return [str(ConfigError(class_key, class_name, f"{module_path}.{class_name} is not an LMCache storage "
+                                                       "backend (a subclass of StorageBackendInterface)", fix))]
+    return []
 
 
 def _path_problem(path: str) -> str | None:
@@ -586,7 +697,8 @@ def _path_problem(path: str) -> str | None:
 
 
 def _canonical(path: str) -> str:
-    return os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+    """The real directory of a path from `parse_paths` (already absolute and expanded)."""
+    return os.path.realpath(path)
 
 
 _HOST_MEMORY = "host memory (a CPU destination, or no CUDA): POSIX I/O"
@@ -616,7 +728,7 @@ def plan_engine(settings: PluginSettings, fstypes: Mapping[str, str], device_mem
         raise ConfigError("gds_path", ",".join(settings.paths),
                           f"{', '.join(weka)} on wekafs but {', '.join(others)} not: Weka entries are named "
                           "*.weka1 and other entries *.kvcache.safetensors, so the caches would not see "
-                          "each other", "put all paths on Weka, or none")
+                          "each other", "put all paths on Weka, or none", settings.sources.get("paths"))
     if weka:
         if settings.engine in ("posix", "hipfile"):
             raise ConfigError("engine", settings.engine,

@@ -153,7 +153,8 @@ def test_verify_finds_every_problem_and_leaves_writers_alone(capsys, cache):
         ("stale-temp", str(cache.files["stale_tmp"])),
         ("orphan-metadata", str(cache.files["orphan"])),
     }
-    assert all(p["fix"].startswith("`pygds cache gc`") for p in v["problems"])
+    gc = f"`pygds cache gc --path {cache.a} --path {cache.b}`"
+    assert all(p["fix"].startswith(gc) for p in v["problems"])
     assert v["status"] == {"ok": 6, "corrupt": 2, "missing-metadata": 1, "publishing": 1, "bad-metadata": 1}
     assert v["fresh_temp_files"] == 1
     assert cache.snapshot() == before  # verify only reads
@@ -341,3 +342,139 @@ def test_stats_shows_the_counters_stores_published(tmp_path, capsys):
     assert counters["hits"] == 1 and counters["misses"] == 1
     assert counters["bytes_written"] == len(data) and counters["bytes_read"] == len(data)
     assert main(["cache", "verify", "--path", str(cache)]) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# directories as people type them; advice that works as given
+
+
+@pytest.mark.parametrize("action", [["stats"], ["ls"], ["verify"], ["gc", "--dry-run"],
+                                    ["evict", "--older-than", "1d", "--dry-run"]])
+def test_directories_as_positional_arguments(capsys, cache, action):
+    """`pygds cache verify DIR DIR` works as `--path DIR --path DIR`."""
+    rc = 1 if action[0] == "verify" else 0
+
+    def report(*argv: str) -> object:
+        result = run_json(capsys, *argv, rc=rc)
+        for problem in result.get("problems", []) if isinstance(result, dict) else []:
+            problem.pop("fix")  # the suggested command repeats the directories as they were given
+        return result
+
+    positional = report(action[0], str(cache.a), str(cache.b), *action[1:])
+    assert positional == report(*action, *cache.args())
+    assert positional == report(action[0], str(cache.a), "--path", str(cache.b), *action[1:])
+
+
+def test_positional_directory_that_does_not_exist(capsys, tmp_path):
+    rc, _, err = run(capsys, "verify", str(tmp_path / "nope"))
+    assert rc == 2 and f"{tmp_path / 'nope'}: no such directory" in err and "DIR or --path DIR" in err
+
+
+def test_relative_and_home_directories_are_made_absolute(capsys, cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    s = run_json(capsys, "stats", "a", "--path", "~/b")  # as --path=~/b, which no shell expands
+    assert s["paths"] == [str(cache.a), str(cache.b)] and s["entries"] == 11
+    assert set(s["per_path"]) == {str(cache.a), str(cache.b)}
+
+
+def test_verify_suggests_the_gc_that_fixes_what_it_found(capsys, cache):
+    """With --min-age 0, verify reports the fresh files too; its suggested gc must remove them."""
+    rc, out, _ = run(capsys, "verify", str(cache.a), "--path", str(cache.b), "--min-age", "0")
+    assert rc == 1
+    [fix] = [line for line in out.splitlines() if line.startswith("fix: run `")]
+    command = fix.split("`")[1]
+    assert command == f"pygds cache gc {cache.a} --path {cache.b} --min-age 0s"
+    v = run_json(capsys, "verify", *cache.args(), "--min-age", "0", rc=1)
+    assert {p["fix"].split("`")[1] for p in v["problems"]} == {f"pygds cache gc {' '.join(cache.args())} --min-age 0s"}
+    argv = command.split()
+    assert argv[:2] == ["pygds", "cache"]
+    assert main(argv[1:]) == 0  # the suggestion, run as given
+    capsys.readouterr()
+    assert run_json(capsys, "verify", *cache.args(), "--min-age", "0")["problems"] == []
+
+
+def test_verify_with_the_default_min_age_suggests_plain_gc(capsys, cache):
+    _, out, _ = run(capsys, "verify", *cache.args())
+    assert f"fix: run `pygds cache gc --path {cache.a} --path {cache.b}`" in out
+
+
+def test_stats_names_unknown_files(capsys, cache):
+    rc, out, _ = run(capsys, "stats", *cache.args())
+    assert rc == 0 and f"unknown files: 1 ({cache.files['unknown']})" in out
+    extra = [cache.b / f"stray-{n}.bin" for n in range(6)]
+    for p in extra:
+        p.write_bytes(b"?")
+    rc, out, _ = run(capsys, "stats", *cache.args())
+    [line] = [line for line in out.splitlines() if "unknown files: 7" in line]
+    assert sum(str(p) in line for p in [cache.files["unknown"], *extra]) == 5 and line.endswith(" and 2 more)")
+    s = run_json(capsys, "stats", *cache.args())
+    assert sorted(s["unknown_paths"]) == sorted(str(p) for p in [cache.files["unknown"], *extra])
+
+
+# ---------------------------------------------------------------------------------------------
+# check-config finds what LMCache would trip on
+
+
+def write_config(tmp_path, text: str) -> Path:
+    f = tmp_path / "lmcache.yaml"
+    f.write_text(VALID_CONFIG.format(a=tmp_path / "c0", b=tmp_path / "c1") + text)
+    return f
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("  storage_plugin.gds.disk_io_threads: -1\n", "disk_io_threads=-1"),
+    ("  storage_plugin.gds.checksum: sometimes\n", "checksum='sometimes'"),
+])
+def test_check_config_bad_plugin_values(capsys, tmp_path, extra, words):
+    f = write_config(tmp_path, extra)
+    result = run_json(capsys, "check-config", str(f), "--ignore-env", rc=1)
+    [problem] = result["problems"]
+    assert words in problem and "Fix:" in problem
+
+
+def test_check_config_typo_in_the_registration(capsys, tmp_path):
+    f = write_config(tmp_path, "")
+    f.write_text(f.read_text().replace("GdsPluginBackend", "GdsPlugnBackend"))
+    rc, out, _ = run(capsys, "check-config", str(f), "--ignore-env")
+    assert rc == 1 and "class_name='GdsPlugnBackend'" in out and "has no such class" in out
+    assert "Fix: write storage_plugin.gds.module_path: lmcache_plugin.backend" in out
+    f.write_text(f.read_text().replace("lmcache_plugin.backend", "lmcache_plugin.backends"))
+    rc, out, _ = run(capsys, "check-config", str(f), "--ignore-env")
+    assert rc == 1 and "module_path='lmcache_plugin.backends'" in out and "cannot import it" in out
+
+
+def test_check_config_names_the_environment_variable(capsys, tmp_path, monkeypatch):
+    f = write_config(tmp_path, "")
+    monkeypatch.setenv("LMCACHE_CHUNK_SIZE", "abc")
+    monkeypatch.setenv("LMCACHE_EXTRA_CONFIG", "{'use_cufile': false}")
+    result = run_json(capsys, "check-config", str(f), rc=1)
+    text = "\n".join(result["problems"])
+    assert "chunk_size='abc' (from environment LMCACHE_CHUNK_SIZE)" in text
+    assert ("LMCACHE_EXTRA_CONFIG=\"{'use_cufile': false}\": the environment variable is not valid JSON "
+            "(Expecting property name enclosed in double quotes at line 1 column 2, character 1)") in text
+    assert run_json(capsys, "check-config", str(f), "--ignore-env")["ok"]
+
+
+def test_check_config_relative_path_shows_the_absolute_one(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    f = write_config(tmp_path, "")
+    f.write_text(f.read_text().replace(f'"{tmp_path / "c0"},', '"cache,'))
+    rc, out, _ = run(capsys, "check-config", str(f), "--ignore-env")
+    assert rc == 1 and "gds_path='cache'" in out and "relative" in out
+    assert f"Fix: write the absolute path, e.g. gds_path: {tmp_path / 'cache'}" in out
+
+
+def test_check_config_without_lmcache_says_so(tmp_path):
+    """Where lmcache is not installed, the command says what it could not check instead of failing."""
+    import subprocess
+    import sys
+
+    f = write_config(tmp_path, "")
+    code = ("import sys; sys.modules['lmcache'] = None\n"
+            "from pygds.cli.main import main\n"
+            f"sys.exit(main(['cache', 'check-config', {str(f)!r}, '--ignore-env']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"{f}: ok" in done.stdout and "note: " in done.stdout and "were not checked" in done.stdout
+    assert "lmcache cannot be imported" in done.stdout

@@ -62,6 +62,9 @@ GOOD = [
     ("use_hipfile", True, "engine", "hipfile"),
     ("use_gds", "false", "engine", "posix"),
     ("gds_backend", "hipfile", "engine", "hipfile"),
+    ("checksum", "ALWAYS", "checksum", "always"),
+    ("checksum", "off", "checksum", "off"),
+    ("checksum", False, "checksum", "off"),  # YAML reads an unquoted off as false
 ]
 
 BAD = [
@@ -75,6 +78,7 @@ BAD = [
     ("gds_buffer_size", 0, "at least 1"),
     ("disk_io_threads", "many", "whole number"),
     ("disk_io_threads", 1.5, "whole number"),
+    ("disk_io_threads", -1, "at least 0"),
     ("use_direct_io", "yes", "boolean"),
     ("use_direct_io", 2, "boolean"),
     ("max_alloc_attempts", 0, "at least 1"),
@@ -92,6 +96,8 @@ BAD = [
     ("use_hipfile", "y", "boolean"),
     ("use_gds", "yes", "boolean"),
     ("gds_backend", "rocm", "cufile, hipfile"),
+    ("checksum", "sometimes", "auto, always, off"),
+    ("checksum", True, "auto, always, off"),
 ]
 
 
@@ -133,6 +139,9 @@ def test_bad_value_names_key_value_and_fix(place, key, value, words):
     assert key in message and "Fix:" in message and words in message
     shown = repr(value.strip() if place == "top" and isinstance(value, str) else value)
     assert shown in message
+    # where the value was written: the variable, or the extra_config key
+    assert (f"environment LMCACHE_{key.upper()}" if place == "top" else
+            f"extra_config[{(P + key if place == 'scoped' else key)!r}]") in message
 
 
 @pytest.mark.parametrize("env,value,words", [
@@ -147,6 +156,7 @@ def test_bad_lmcache_keys_that_lmcache_itself_ignores(env, value, words):
     with pytest.raises(ConfigError, match=words) as err:
         settings_of(config, {env: value})
     assert env.removeprefix("LMCACHE_").lower() in str(err.value)
+    assert f"from environment {env}" in str(err.value) and repr(value) in str(err.value)
 
 
 def test_max_local_cpu_size_zero_is_refused_with_the_reason():
@@ -166,8 +176,8 @@ def test_defaults():
     s = settings_of(with_paths())
     assert (s.path_sharding, s.buffer_size_mib, s.engine, s.engine_explicit, s.io_threads, s.direct_io,
             s.max_alloc_attempts, s.alloc_attempt_delay_s, s.capacity_bytes, s.capacity_fraction,
-            s.tmp_max_age_s, s.device_id) == ("by_gpu", DEFAULT_BUFFER_MIB, "auto", False, 4, False, 10, 0.1,
-                                               None, None, 3600.0, None)
+            s.tmp_max_age_s, s.device_id, s.checksum) == ("by_gpu", DEFAULT_BUFFER_MIB, "auto", False, 4, False,
+                                                           10, 0.1, None, None, 3600.0, None, "auto")
     assert s.sources["engine"] == "default" and s.sources["buffer_size_mib"] == "default"
 
 
@@ -439,3 +449,157 @@ def test_settings_without_an_lmcache_config_object(tmp_path):
     env = {"LMCACHE_CONFIG_FILE": str(f), "LMCACHE_GDS_BUFFER_SIZE": "128"}
     s = load_settings(None, environ=env, create_dirs=False)
     assert (s.plugin_name, s.paths, s.buffer_size_mib) == ("fast", ("/nvme0", "/nvme1"), 128)
+
+
+# ---------------------------------------------------------------------------------------------
+# paths are absolute and expanded once; relative ones are named
+
+
+def test_paths_are_absolute_and_user_expanded(tmp_path, monkeypatch):
+    """A relative or `~` gds_path becomes one absolute directory, whatever the directory later."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    config = make_config(gds_path="~/lm", extra_config=registration())
+    s = settings_of(config)
+    assert s.paths == (str(tmp_path / "home" / "lm"),)
+    s = settings_of(make_config(extra_config=plugin_extra(" ~/kv , rel/cache ")))
+    assert s.paths == (str(tmp_path / "home" / "kv"), str(tmp_path / "rel" / "cache"))
+    env = {"LMCACHE_GDS_PATH": "~/env-cache"}
+    assert settings_of(make_config(extra_config=registration()), env).paths == (str(tmp_path / "home" / "env-cache"),)
+
+
+def test_builtin_paths_are_matched_after_expansion(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    s = settings_of(make_config(gds_path="~/shared", extra_config=plugin_extra(str(tmp_path / "shared"))))
+    assert s.builtin_gds_paths == (str(tmp_path / "shared"),)
+    assert s.shared_with_builtin() == [str(tmp_path / "shared")]
+
+
+def test_relative_path_is_warned_with_its_absolute_form(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.WARNING, "lmcache_plugin")
+    settings_of(make_config(extra_config=plugin_extra("/abs,rel/cache,~/home-cache")))
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "gds_path='rel/cache'" in warning and "relative" in warning and "current directory" in warning
+    assert f"Fix: write the absolute path, e.g. gds_path: {tmp_path / 'rel' / 'cache'}" in warning
+    assert "extra_config['storage_plugin.gds.gds_path']" in warning  # where it was written
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"storage_plugins": ["gds"], "extra_config": plugin_extra("cache")}))
+    [problem] = check_config(f)
+    assert "gds_path='cache'" in problem and str(tmp_path / "cache") in problem and "Fix:" in problem
+
+
+# ---------------------------------------------------------------------------------------------
+# check_config: the registration names a real backend class; the variables are named
+
+
+def config_file(tmp_path, **extra) -> str:
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"storage_plugins": ["gds"],
+                                 "extra_config": {**plugin_extra(str(tmp_path / "cache")), **extra}}))
+    return str(f)
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("module_path", "lmcache_plugin.backnd", "cannot import it (ModuleNotFoundError: No module named"),
+    ("module_path", "lmcache_plugin_typo.backend", "cannot import it"),
+    ("class_name", "GdsPluginBackand", "module lmcache_plugin.backend has no such class"),
+    ("class_name", "CacheEngineKey", "is not an LMCache storage backend"),  # imported there, not a backend
+])
+def test_check_config_proves_the_registered_class(tmp_path, key, value, words):
+    problems = check_config(config_file(tmp_path, **{P + key: value}))
+    [problem] = problems
+    assert f"{P}{key}={value!r}" in problem and words in problem
+    assert "Fix: write storage_plugin.gds.module_path: lmcache_plugin.backend and " \
+           "storage_plugin.gds.class_name: GdsPluginBackend" in problem
+
+
+def test_check_config_a_module_that_fails_while_importing(tmp_path, monkeypatch):
+    (tmp_path / "broken_backend_mod.py").write_text("raise RuntimeError('needs a GPU')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    [problem] = check_config(config_file(tmp_path, **{P + "module_path": "broken_backend_mod"}))
+    assert "RuntimeError: needs a GPU" in problem and "module_path='broken_backend_mod'" in problem
+
+
+def test_check_config_without_lmcache_says_what_it_could_not_check(tmp_path):
+    """Where lmcache cannot be imported, the class is not checked, and the note says so."""
+    import subprocess
+    import sys
+
+    path = config_file(tmp_path, **{P + "class_name": "Typo"})
+    code = ("import sys, json; sys.modules['lmcache'] = None\n"
+            "from lmcache_plugin.config import check_config\n"
+            "notes = []\n"
+            f"print(json.dumps([check_config({path!r}, notes=notes), notes]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    problems, notes = json.loads(out.stdout)
+    assert problems == []
+    [note] = notes
+    assert "class_name='Typo'" in note and "were not checked" in note and "lmcache" in note and "install" in note
+
+
+@pytest.mark.parametrize("text,words", [
+    ('{"storage_plugin.gds.use_cufile": false,}', "not valid JSON (Expecting property name enclosed in double "
+                                                  "quotes at line 1 column 41, character 40)"),
+    ("use_cufile: false", "not valid JSON (Expecting value at line 1 column 1, character 0)"),
+    ("[1, 2]", "JSON but not an object"),
+])
+def test_invalid_extra_config_variable_is_named(tmp_path, text, words):
+    path = config_file(tmp_path)
+    problems = check_config(path, {"LMCACHE_EXTRA_CONFIG": text})
+    [problem] = [p for p in problems if "LMCACHE_EXTRA_CONFIG" in p]
+    assert words in problem and repr(text) in problem and "Fix: write one JSON object" in problem
+    # LMCache keeps the file's extra_config then: the registration there is not reported as gone
+    assert not any("replaces the whole extra_config" in p for p in problems)
+    env = {"LMCACHE_CONFIG_FILE": path, "LMCACHE_EXTRA_CONFIG": text}
+    with pytest.raises(ConfigError, match="LMCACHE_EXTRA_CONFIG") as err:
+        settings_of(None, env)
+    assert words in str(err.value)
+    if "not valid JSON" in words:  # LMCache itself warns and loads the plugin; the plugin refuses
+        with pytest.raises(ConfigError, match="LMCACHE_EXTRA_CONFIG") as err:
+            settings_of(config_from_env(env), env)
+        assert words in str(err.value)
+
+
+def test_check_config_names_the_variable_of_a_bad_value(tmp_path):
+    problems = check_config(config_file(tmp_path), {"LMCACHE_CHUNK_SIZE": "abc", "LMCACHE_USE_GDS": "maybe"})
+    text = "\n".join(problems)
+    assert "chunk_size='abc' (from environment LMCACHE_CHUNK_SIZE): not a whole number" in text
+    assert "use_gds='maybe' (from environment LMCACHE_USE_GDS): not a boolean" in text
+
+
+def test_check_config_refuses_negative_io_threads(tmp_path):
+    [problem] = check_config(config_file(tmp_path, disk_io_threads=-1))
+    assert "disk_io_threads=-1" in problem and "at least 0" in problem and "Fix:" in problem
+
+
+def test_checksum_setting_from_yaml_spellings(tmp_path):
+    """`checksum: off` unquoted is YAML false; it means off, as written."""
+    f = tmp_path / "c.yaml"
+    f.write_text(f"storage_plugins: [gds]\nextra_config:\n  storage_plugin.gds.module_path: lmcache_plugin.backend\n"
+                 f"  storage_plugin.gds.class_name: GdsPluginBackend\n  storage_plugin.gds.gds_path: {tmp_path}\n"
+                 "  storage_plugin.gds.checksum: off\n")
+    s = load_settings(None, environ={"LMCACHE_CONFIG_FILE": str(f)}, create_dirs=False)
+    assert s.checksum == "off" and "storage_plugin.gds.checksum" in s.sources["checksum"]
+    f.write_text(f.read_text().replace("checksum: off", "checksum: on"))
+    [problem] = check_config(f)
+    assert "checksum=True" in problem and "auto | always | off" in problem
+
+
+@pytest.mark.parametrize("text", ["2G", "1.5TiB", ".5G", "3.M", " 64 kb ", "4096"])
+def test_sizes_read_as_the_command_line_reads_them(text):
+    from pygds.cli.output import parse_size
+
+    s = settings_of(with_paths(gds_capacity_bytes=text))
+    assert s.capacity_bytes == parse_size(text)
+
+
+def test_unwritable_path_from_the_environment_names_the_variable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    env = {"LMCACHE_GDS_PATH": str(blocker / "cache")}
+    with pytest.raises(ConfigError) as err:
+        load_settings(make_config(extra_config=registration()), environ=env)
+    message = str(err.value)
+    assert f"gds_path={str(blocker / 'cache')!r} (from environment LMCACHE_GDS_PATH)" in message
+    assert "cannot be created" in message and "Fix: create it" in message

@@ -16,6 +16,7 @@ import argparse
 import fnmatch
 import json
 import os
+import shlex
 import time
 import urllib.parse
 from collections import defaultdict
@@ -31,16 +32,18 @@ from lmcache_plugin.layout import (
     WEKA_DATA_SUFFIX,
     is_tmp_name,
     key_from_stem,
+    parse_paths,
     tmp_path,
 )
 from lmcache_plugin.store import BOUNDED_KEY_FIELD, STATS_DIR
 
 from . import CommandError, UsageError
-from .output import count, duration_arg, human_age, human_bytes, print_json, say, size_arg, table
+from .output import count, duration_arg, format_duration, human_age, human_bytes, print_json, say, size_arg, table
 from .progress import Progress
 
 DEFAULT_MIN_AGE_S = 3600.0
 _FAN_OUT_DEPTH = 2
+_NAMED_UNKNOWN = 5  # unknown files named in the report; the rest are counted
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -52,6 +55,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
 
     where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("dirs", nargs="*", metavar="DIR", help="cache directories (gds_path entries), as --path")
     where.add_argument("--path", "-d", action="append", metavar="DIR",
                        help="a cache directory (gds_path entry); repeat for several")
     where.add_argument("--config", metavar="LMCACHE_YAML",
@@ -301,13 +305,34 @@ def check_entry(entry: Entry, *, min_age: float, now: float) -> None:
     entry.status = "ok"
 
 
+# what `pygds cache gc` does about each kind of problem
 _FIXES = {
-    "corrupt": "`pygds cache gc` removes it",
-    "missing-metadata": "`pygds cache gc` rebuilds the .metadata from the data file's header",
-    "bad-metadata": "`pygds cache gc` rewrites the .metadata from the data file's header",
-    "stale-temp": "`pygds cache gc` removes it (left by a crashed writer)",
-    "orphan-metadata": "`pygds cache gc` removes it (its data file is gone)",
+    "corrupt": "removes it",
+    "missing-metadata": "rebuilds the .metadata from the data file's header",
+    "bad-metadata": "rewrites the .metadata from the data file's header",
+    "stale-temp": "removes it (left by a crashed writer)",
+    "orphan-metadata": "removes it (its data file is gone)",
 }
+
+
+def _gc_command(args: argparse.Namespace) -> str:
+    """The `pygds cache gc` that repairs what this run found: same directories, same --min-age
+    (with the default, gc would leave the younger leftovers that a shorter --min-age reported)."""
+    argv = ["pygds", "cache", "gc", *args.dirs]
+    for p in args.path or []:
+        argv += ["--path", p]
+    if args.config:
+        argv += ["--config", args.config]
+    if args.min_age != DEFAULT_MIN_AGE_S:
+        argv += ["--min-age", format_duration(args.min_age)]
+    return shlex.join(argv)
+
+
+def _named(paths: list[str]) -> str:
+    """The first few paths, and how many more."""
+    shown = ", ".join(paths[:_NAMED_UNKNOWN])
+    rest = len(paths) - _NAMED_UNKNOWN
+    return f"{shown} and {rest} more" if rest > 0 else shown
 
 
 def config_paths(config: str) -> list[str]:
@@ -321,10 +346,11 @@ def config_paths(config: str) -> list[str]:
 
 
 def _paths(args: argparse.Namespace) -> list[str]:
-    paths = list(args.path or [])
+    """DIR arguments, --path and --config's gds_path, absolute and `~`-expanded (`parse_paths`)."""
+    paths = parse_paths([*args.dirs, *(args.path or [])])
     for p in paths:
         if not os.path.isdir(p):
-            raise UsageError(f"--path {p}: no such directory")
+            raise UsageError(f"{p}: no such directory; give an existing cache directory as DIR or --path DIR")
     if args.config:
         if not os.path.isfile(args.config):
             raise UsageError(f"--config {args.config}: no such file")
@@ -333,7 +359,8 @@ def _paths(args: argparse.Namespace) -> list[str]:
         except ConfigError as exc:
             raise CommandError(f"{args.config}: {exc}") from None
     if not paths:
-        raise UsageError("give the cache directories with --path DIR (repeatable) or --config LMCACHE_YAML")
+        raise UsageError("give the cache directories as DIR arguments, with --path DIR (repeatable) or "
+                         "--config LMCACHE_YAML")
     return paths
 
 
@@ -423,6 +450,7 @@ def run_stats(args: argparse.Namespace) -> int:
                        "stale": sum(t.stale for t in result.temps)},
         "orphaned_metadata": len(result.orphans),
         "unknown_files": len(result.unknown),
+        "unknown_paths": result.unknown,
         "errors": result.errors,
         "counters": read_counters(result.paths),
     }
@@ -438,7 +466,8 @@ def run_stats(args: argparse.Namespace) -> int:
     tmp = report["temp_files"]
     say()
     say(f"temporary files: {tmp['count']} ({human_bytes(tmp['bytes'])}), {tmp['stale']} older than 1h; "
-        f"orphaned .metadata: {report['orphaned_metadata']}; unknown files: {report['unknown_files']}")
+        f"orphaned .metadata: {report['orphaned_metadata']}; unknown files: {report['unknown_files']}"
+        + (f" ({_named(result.unknown)})" if result.unknown else ""))
     if report["counters"]:
         say()
         say(table(((f"{c.get('host')}:{c.get('pid')}", *(c.get(k) for k in _COUNTER_COLUMNS),
@@ -481,20 +510,24 @@ def run_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _problems(result: Scan) -> list[dict[str, Any]]:
-    out = [{"path": e.path, "kind": e.status, "problem": e.problem, "fix": _FIXES[e.status]}
+def _problems(result: Scan, gc: str) -> list[dict[str, Any]]:
+    def fix(kind: str) -> str:
+        return f"`{gc}` {_FIXES[kind]}"
+
+    out = [{"path": e.path, "kind": e.status, "problem": e.problem, "fix": fix(e.status)}
            for e in result.entries if e.status in ("corrupt", "missing-metadata", "bad-metadata")]
     out += [{"path": t.path, "kind": "stale-temp", "problem": f"temporary file {human_age(t.age)} old",
-             "fix": _FIXES["stale-temp"]} for t in result.temps if t.stale]
+             "fix": fix("stale-temp")} for t in result.temps if t.stale]
     out += [{"path": o.path, "kind": "orphan-metadata", "problem": ".metadata without its data file",
-             "fix": _FIXES["orphan-metadata"]} for o in result.orphans if o.stale]
+             "fix": fix("orphan-metadata")} for o in result.orphans if o.stale]
     return out
 
 
 def run_verify(args: argparse.Namespace) -> int:
     now = time.time()
     result = _checked_scan(args, now=now)
-    problems = _problems(result)
+    gc = _gc_command(args)
+    problems = _problems(result, gc)
     counts: dict[str, int] = defaultdict(int)
     for e in result.entries:
         counts[e.status] += 1
@@ -511,7 +544,7 @@ def run_verify(args: argparse.Namespace) -> int:
                 "left alone")
         if problems:
             say(table(((p["kind"], p["path"], p["problem"]) for p in problems), ("problem", "file", "detail")))
-            say("fix: run `pygds cache gc` (add --dry-run to see what it would do)")
+            say(f"fix: run `{gc}` (add --dry-run to see what it would do)")
         else:
             say("no problems found")
         for err in result.errors:
@@ -618,13 +651,17 @@ def run_evict(args: argparse.Namespace) -> int:
 def run_check_config(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.file):
         raise UsageError(f"{args.file}: no such file")
-    problems = check_config(args.file, None if args.ignore_env else dict(os.environ))
+    notes: list[str] = []
+    problems = check_config(args.file, None if args.ignore_env else dict(os.environ), notes)
     if args.json:
-        print_json({"file": args.file, "ok": not problems, "problems": problems})
-    elif problems:
+        print_json({"file": args.file, "ok": not problems, "problems": problems, "notes": notes})
+        return 1 if problems else 0
+    if problems:
         say(f"{args.file}: {len(problems)} problem(s)")
         for n, p in enumerate(problems, 1):
             say(f"{n:>3}. {p}")
     else:
         say(f"{args.file}: ok")
+    for note in notes:
+        say(f"note: {note}")
     return 1 if problems else 0

@@ -19,7 +19,10 @@ _SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_size(text: str) -> int:
-    """"32M", "1G", "4096", "1.5GiB", "64k" -> bytes (binary units: K = 1024)."""
+    """"32M", "1G", "4096", "1.5GiB", "64k" -> bytes (binary units: K = 1024).
+
+    The one size parser of the project: the plugin's settings and the benchmarks read sizes here.
+    """
     match = _SIZE.match(str(text))
     if not match:
         raise ValueError(f"invalid size {text!r}; use a number with an optional K, M, G, T or P suffix "
@@ -34,6 +37,15 @@ def parse_duration(text: str) -> float:
         raise ValueError(f"invalid duration {text!r}; use a number with an optional ms, s, m, h or d suffix, "
                          "e.g. 30m or 1h")
     return float(match.group(1)) * _SECONDS[(match.group(2) or "s").lower()]
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> text that `parse_duration` reads back: 3600 -> "1h", 90 -> "90s", 0.5 -> "500ms"."""
+    for unit in ("d", "h", "m", "s", "ms"):
+        count = seconds / _SECONDS[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{seconds:.6f}".rstrip("0").rstrip(".") + "s" if seconds else "0s"
 
 
 def size_arg(text: str) -> int:
