@@ -302,3 +302,155 @@ def test_read_async_reports_eio(standin: Standin, tmp_path: Path) -> None:
     """, tmp_path)
     assert result["submit"] == [0, 0]
     assert result["done"] == -5  # -EIO
+
+
+def test_memcpy_batch_async_moves_every_pair(standin: Standin, tmp_path: Path) -> None:
+    """CUDA 13's cuMemcpyBatchAsync_v2 copies host->device, device->host and device->device in
+    one batch, with two attribute ranges; the bytes really arrive (KvikIO moves its bounce
+    buffers this way)."""
+    result = run_script(standin, """
+        class MemLocation(ctypes.Structure):
+            _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
+        class MemcpyAttributes(ctypes.Structure):
+            _fields_ = [("srcAccessOrder", ctypes.c_int), ("srcLocHint", MemLocation),
+                        ("dstLocHint", MemLocation), ("flags", ctypes.c_uint)]
+        assert ctypes.sizeof(MemcpyAttributes) == 24
+        batch = cu.cuMemcpyBatchAsync_v2
+        batch.argtypes = [P, P, P, SZ, P, P, SZ, P]
+        n = 3 * 4096 + 17
+        payload, other = os.urandom(n), os.urandom(n)
+        a, b = device_alloc(n), device_alloc(n)
+        ok(cu.cuMemcpyHtoD_v2(b, other, n), "cuMemcpyHtoD_v2")
+        host_out = ctypes.create_string_buffer(n)
+        stream = ctypes.c_void_p()
+        ok(cu.cuStreamCreate(ctypes.byref(stream), 0), "cuStreamCreate")
+        # host -> a, b -> host, then a second attribute range: b -> a (offset 100, 4000 bytes)
+        dsts = (DP * 3)(a.value, ctypes.addressof(host_out), a.value + 100)
+        srcs = (DP * 3)(ctypes.cast(payload, ctypes.c_void_p).value, b.value, b.value + 200)
+        sizes = (SZ * 3)(n, n, 4000)
+        attrs = (MemcpyAttributes * 2)()
+        attrs[0].srcAccessOrder, attrs[1].srcAccessOrder = 1, 3  # STREAM, ANY
+        idxs = (SZ * 2)(0, 2)
+        err = batch(dsts, srcs, sizes, 3, attrs, idxs, 2, stream)
+        ok(cu.cuStreamSynchronize(stream), "cuStreamSynchronize")
+        expected = payload[:100] + other[200:4200] + payload[4100:]
+        report(err=err, device=device_bytes(a, n) == expected, host=host_out.raw == other)
+    """, tmp_path)
+    assert result == {"err": 0, "device": True, "host": True}
+
+
+def test_memcpy_batch_async_refuses_bad_batches_whole(standin: Standin, tmp_path: Path) -> None:
+    """Every batch cuda.h calls invalid returns CUDA_ERROR_INVALID_VALUE and moves no byte, even
+    where its first copies are fine."""
+    result = run_script(standin, """
+        class MemcpyAttributes(ctypes.Structure):
+            _fields_ = [("srcAccessOrder", ctypes.c_int), ("hints", ctypes.c_int * 4),
+                        ("flags", ctypes.c_uint)]
+        batch = cu.cuMemcpyBatchAsync_v2
+        batch.argtypes = [P, P, P, SZ, P, P, SZ, P]
+        n = 4096
+        dev = device_alloc(n)
+        ok(cu.cuMemcpyHtoD_v2(dev, bytes(n), n), "cuMemcpyHtoD_v2")
+        source = os.urandom(n)
+        src_ptr = ctypes.cast(source, ctypes.c_void_p).value
+        stream = ctypes.c_void_p()
+        ok(cu.cuStreamCreate(ctypes.byref(stream), 0), "cuStreamCreate")
+
+        def attempt(count=2, order=(1, 1), idxs=(0, 1), nattrs=2, stream=stream, second=n):
+            dsts = (DP * 2)(dev.value, dev.value)
+            srcs = (DP * 2)(src_ptr, src_ptr)
+            sizes = (SZ * 2)(n, second)
+            attrs = (MemcpyAttributes * 2)()
+            attrs[0].srcAccessOrder, attrs[1].srcAccessOrder = order
+            return batch(dsts, srcs, sizes, count, attrs, (SZ * 2)(*idxs), nattrs, stream)
+
+        errors = {
+            "null stream": attempt(stream=None),
+            "no copies": attempt(count=0),
+            "no attributes": attempt(nattrs=0),
+            "first index not 0": attempt(idxs=(1, 1), nattrs=1),
+            "indices not rising": attempt(idxs=(0, 0)),
+            "index past count": attempt(count=1, idxs=(0, 1)),
+            "invalid access order": attempt(order=(1, 0)),
+            "copy past the allocation": attempt(second=n + 1),
+        }
+        untouched = device_bytes(dev, n) == bytes(n)
+        good = attempt()
+        report(errors=errors, untouched=untouched, good=good, copied=device_bytes(dev, n) == source)
+    """, tmp_path)
+    assert result["errors"] == {name: CUDA_ERROR_INVALID_VALUE for name in result["errors"]}
+    assert len(result["errors"]) == 8
+    assert result["untouched"]
+    assert result["good"] == 0 and result["copied"]
+
+
+def test_error_strings_and_lookups(standin: Standin, tmp_path: Path) -> None:
+    """cuGetErrorString/cuGetErrorName describe known codes and refuse unknown ones, and
+    cuGetProcAddress hands out the batch copy only to CUDA 13 callers."""
+    result = run_script(standin, """
+        text = ctypes.c_char_p()
+        def describe(fn, code):
+            text.value = None
+            err = fn(code, ctypes.byref(text))
+            return [err, text.value.decode() if text.value else None]
+        fn, status = ctypes.c_void_p(), ctypes.c_int(-1)
+        def proc(name, version):
+            fn.value, status.value = None, -1
+            err = cu.cuGetProcAddress_v2(name, ctypes.byref(fn), version, ctypes.c_uint64(0),
+                                         ctypes.byref(status))
+            return [err, status.value, fn.value is not None]
+        report(string=describe(cu.cuGetErrorString, 1), name=describe(cu.cuGetErrorName, 100),
+               unknown=describe(cu.cuGetErrorString, 123456),
+               batch13=proc(b"cuMemcpyBatchAsync", 13000), batch12=proc(b"cuMemcpyBatchAsync", 12080))
+    """, tmp_path)
+    assert result["string"] == [0, "invalid argument"]
+    assert result["name"] == [0, "CUDA_ERROR_NO_DEVICE"]
+    assert result["unknown"] == [CUDA_ERROR_INVALID_VALUE, None]
+    assert result["batch13"] == [0, 0, True]
+    assert result["batch12"] == [500, 2, False]  # NOT_FOUND, VERSION_NOT_SUFFICIENT
+
+
+def test_ctx_create_v3_and_v4_make_a_current_context(standin: Standin, tmp_path: Path) -> None:
+    result = run_script(standin, """
+        ok(cu.cuInit(0), "cuInit")
+        primary, current = ctypes.c_void_p(), ctypes.c_void_p()
+        ok(cu.cuCtxGetCurrent(ctypes.byref(primary)), "cuCtxGetCurrent")
+        made = {}
+        for name, args in (("cuCtxCreate_v3", (None, 0, 0, 0)), ("cuCtxCreate_v4", (None, 0, 0))):
+            ctx = ctypes.c_void_p()
+            err = getattr(cu, name)(ctypes.byref(ctx), *args)
+            ok(cu.cuCtxGetCurrent(ctypes.byref(current)), "cuCtxGetCurrent")
+            is_current = current.value == ctx.value
+            destroyed = cu.cuCtxDestroy_v2(ctx)
+            ok(cu.cuCtxGetCurrent(ctypes.byref(current)), "cuCtxGetCurrent")
+            made[name] = [err, is_current, destroyed, current.value == primary.value]
+        bad_device = cu.cuCtxCreate_v4(ctypes.byref(ctypes.c_void_p()), None, 0, 7)
+        report(made=made, bad_device=bad_device)
+    """, tmp_path)
+    assert result["made"] == {"cuCtxCreate_v3": [0, True, 0, True], "cuCtxCreate_v4": [0, True, 0, True]}
+    assert result["bad_device"] == 101  # CUDA_ERROR_INVALID_DEVICE
+
+
+def test_kvikio_reads_and_writes_device_memory_on_the_standin(standin: Standin, tmp_path: Path) -> None:
+    """KvikIO (its default compat mode: POSIX threads, pinned bounce buffers, batch copies to the
+    device) runs on the stand-in and moves the right bytes both ways."""
+    pytest.importorskip("kvikio", reason="KvikIO is not installed (pip install 'kvikio-cu13==26.10.*')")
+    source = tmp_path / "source.bin"
+    payload = os.urandom(9 * MIB + 4096)
+    source.write_bytes(payload)
+    result = run_script(standin, f"""
+        import kvikio, kvikio.defaults
+        from pygds.memory import DeviceBuffer
+        kvikio.defaults.set({{"num_threads": 4, "task_size": 1 << 20}})
+        n = {len(payload)}
+        dev = DeviceBuffer(n)
+        with kvikio.CuFile({str(source)!r}, "r") as f:
+            read = f.read(dev)
+        back = bytearray(n)
+        dev.copy_to_host(back)
+        with kvikio.CuFile({str(tmp_path / "copy.bin")!r}, "w") as f:
+            written = f.write(dev)
+        report(read=read, equal=bytes(back) == open({str(source)!r}, "rb").read(), written=written)
+    """, tmp_path / "cwd")
+    assert result == {"read": len(payload), "equal": True, "written": len(payload)}
+    assert (tmp_path / "copy.bin").read_bytes() == payload

@@ -18,7 +18,7 @@ import site
 import subprocess
 import sys
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
@@ -100,9 +100,10 @@ def _prepend(first: str, rest: str | None) -> str:
     return f"{first}{os.pathsep}{rest}" if rest else first
 
 
-def find_libcufile() -> Path:
-    """The wheel's libcufile, for tests that call it with raw ctypes."""
-    folders = [*site.getsitepackages(), *sys.path]
+def find_libcufile(first: Sequence[str | Path] = ()) -> Path:
+    """The wheel's libcufile, for tests that call it with raw ctypes; `first`: folders searched
+    before this interpreter's site-packages and `sys.path` (e.g. a `pip install --target`)."""
+    folders = [*map(str, first), *site.getsitepackages(), *sys.path]
     for folder in folders:
         for rel in LIBCUFILE_WHEEL_PATHS:
             candidate = Path(folder or ".") / rel
@@ -134,6 +135,19 @@ def _compile(compiler: str, source: Path, output: Path, extra: list[str]) -> Non
                          f"{done.stdout}{done.stderr}")
 
 
+SHIM_FLAGS = ["-fvisibility=hidden", "-ldl"]
+
+
+def build_shim(dest_dir: Path) -> Path:
+    """Only the sandbox shim, for the real driver in a sandbox without `/proc/modules` or
+    `/run/udev` (see `sandbox_shim.c` for its variables); returns its path."""
+    dest = Path(dest_dir).resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    shim = dest / "libpygds_sandbox_shim.so"
+    _compile(find_compiler(), SHIM_SOURCE, shim, SHIM_FLAGS)
+    return shim
+
+
 def build_standin(dest_dir: Path) -> Standin:
     """Compile both libraries into `dest_dir` and write the files they use."""
     compiler = find_compiler()
@@ -155,7 +169,7 @@ def build_standin(dest_dir: Path) -> Standin:
     )
     _compile(compiler, STANDIN_SOURCE, standin.libcuda,
              ["-fvisibility=hidden", "-Wl,-soname,libcuda.so.1", "-lpthread"])
-    _compile(compiler, SHIM_SOURCE, standin.shim, ["-fvisibility=hidden", "-ldl"])
+    _compile(compiler, SHIM_SOURCE, standin.shim, SHIM_FLAGS)
     standin.proc_modules.write_text("")
     standin.missing_proc_modules.unlink(missing_ok=True)
     standin.udev_record.write_text(UDEV_RECORD)

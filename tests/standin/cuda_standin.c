@@ -1134,6 +1134,9 @@ API CUresult cuMemGetHandleForAddressRange(void *handle, CUdeviceptr dptr, size_
 
 /* ------------------------------------------------------------------ copies */
 
+#define CU_STREAM_LEGACY ((CUstream)0x1)
+#define CU_STREAM_PER_THREAD ((CUstream)0x2)
+
 static int stream_ok(CUstream s);
 
 API CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t n)
@@ -1214,6 +1217,68 @@ API CUresult cuMemcpyPeerAsync(CUdeviceptr dst, CUcontext dctx, CUdeviceptr src,
     REQUIRE_INIT();
     CHECK_STREAM(s);
     return cuMemcpyPeer(dst, dctx, src, sctx, n);
+}
+
+/* cuda.h's CUmemLocation and CUmemcpyAttributes (CUDA 12.8 and later). */
+typedef struct { int type; int id; } CUmemLocation;
+typedef struct {
+    int srcAccessOrder;
+    CUmemLocation srcLocHint, dstLocHint;
+    unsigned int flags;
+} CUmemcpyAttributes;
+
+enum { CU_MEMCPY_SRC_ACCESS_ORDER_STREAM = 1, CU_MEMCPY_SRC_ACCESS_ORDER_ANY = 3 };
+
+/* 1 when attrs/attrIdxs follow cuda.h's rules: the first index is 0, each
+ * is larger than the one before and below count, and every entry names a
+ * valid source access order. */
+static int batch_attrs_valid(const CUmemcpyAttributes *attrs, const size_t *idxs,
+                             size_t nattrs, size_t count)
+{
+    if (attrs == NULL || idxs == NULL || nattrs == 0 || nattrs > count || idxs[0] != 0)
+        return 0;
+    for (size_t k = 0; k < nattrs; k++) {
+        if (k > 0 && idxs[k] <= idxs[k - 1])
+            return 0;
+        if (idxs[k] >= count)
+            return 0;
+        if (attrs[k].srcAccessOrder < CU_MEMCPY_SRC_ACCESS_ORDER_STREAM ||
+            attrs[k].srcAccessOrder > CU_MEMCPY_SRC_ACCESS_ORDER_ANY)
+            return 0;
+    }
+    return 1;
+}
+
+/* CUDA 13's cuMemcpyBatchAsync (CUDA 12.8's form took a failIdx before the
+ * stream). Every copy is checked and resolved to host addresses before the
+ * first byte moves, so a rejected batch leaves every destination untouched. */
+API CUresult cuMemcpyBatchAsync_v2(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes,
+                                   size_t count, CUmemcpyAttributes *attrs, size_t *attrIdxs,
+                                   size_t numAttrs, CUstream s)
+{
+    trace("cuMemcpyBatchAsync_v2(count=%zu, numAttrs=%zu, stream=%p)", count, numAttrs,
+          (void *)s);
+    REQUIRE_INIT();
+    if (s == NULL || s == CU_STREAM_LEGACY) /* the legacy NULL stream is refused */
+        return CUDA_ERROR_INVALID_VALUE;
+    CHECK_STREAM(s);
+    if (dsts == NULL || srcs == NULL || sizes == NULL || count == 0 ||
+        !batch_attrs_valid(attrs, attrIdxs, numAttrs, count))
+        return CUDA_ERROR_INVALID_VALUE;
+    char **spans = malloc(2 * count * sizeof *spans);
+    if (spans == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult r = CUDA_SUCCESS;
+    for (size_t i = 0; i < count && r == CUDA_SUCCESS; i++) {
+        r = host_span((uintptr_t)dsts[i], sizes[i], 0, &spans[2 * i]);
+        if (r == CUDA_SUCCESS)
+            r = host_span((uintptr_t)srcs[i], sizes[i], 0, &spans[2 * i + 1]);
+    }
+    for (size_t i = 0; i < count && r == CUDA_SUCCESS; i++)
+        if (sizes[i] > 0)
+            memmove(spans[2 * i], spans[2 * i + 1], sizes[i]);
+    free(spans);
+    return r;
 }
 
 static CUresult memset_elems(CUdeviceptr dst, unsigned value, size_t elem, size_t n)
@@ -1394,9 +1459,6 @@ API CUresult cuPointerSetAttribute(const void *value, int attr, CUdeviceptr ptr)
 }
 
 /* ---------------------------------------------------------------- streams */
-
-#define CU_STREAM_LEGACY ((CUstream)0x1)
-#define CU_STREAM_PER_THREAD ((CUstream)0x2)
 
 struct CUstream_st {
     CUcontext ctx;
@@ -1838,6 +1900,7 @@ static const struct proc { const char *name; int version; void *fn; } g_procs[] 
     P("cuMemcpyHtoDAsync", 3020, cuMemcpyHtoDAsync_v2),
     P("cuMemcpyDtoHAsync", 3020, cuMemcpyDtoHAsync_v2),
     P("cuMemcpyDtoDAsync", 3020, cuMemcpyDtoDAsync_v2),
+    P("cuMemcpyBatchAsync", 13000, cuMemcpyBatchAsync_v2),
     P("cuMemsetD8", 3020, cuMemsetD8_v2),
     P("cuMemsetD16", 3020, cuMemsetD16_v2),
     P("cuMemsetD32", 3020, cuMemsetD32_v2),
