@@ -16,12 +16,16 @@ import asyncio
 import threading
 import time
 
-import torch
-from lmcache.utils import CacheEngineKey, start_loop_in_thread_with_exceptions
-from lmcache.v1.config import LMCacheEngineConfig
-from lmcache.v1.memory_management import MemoryFormat
-from lmcache.v1.metadata import LMCacheMetadata
-from lmcache.v1.storage_backend import storage_plugin_launcher
+try:
+    import torch
+    from lmcache.utils import CacheEngineKey, start_loop_in_thread_with_exceptions
+    from lmcache.v1.config import LMCacheEngineConfig
+    from lmcache.v1.memory_management import MemoryFormat
+    from lmcache.v1.metadata import LMCacheMetadata
+    from lmcache.v1.storage_backend import storage_plugin_launcher
+except ModuleNotFoundError as exc:  # pygds alone does not install LMCache: say how, not a traceback
+    raise SystemExit(f"drive_backend.py needs LMCache and torch ({exc}): install the lmcache extra, "
+                     "pip install 'pygds[lmcache]' (from a checkout: pip install -e '.[lmcache]')") from None
 
 # Llama-3.1-8B-like: 32 layers, 8 KV heads of 128, bf16 -> one 256-token chunk is 32 MiB.
 LAYERS, HEADS, HEAD_DIM = 32, 8, 128

@@ -149,7 +149,7 @@ def _try_load(path: str) -> str | None:
     try:
         ctypes.CDLL(path)
     except OSError as exc:
-        return str(exc)
+        return str(exc).removeprefix(f"{path}: ")  # the caller names the path itself
     return None
 
 

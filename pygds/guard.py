@@ -203,7 +203,7 @@ def choose_engine(engine: str | None = None) -> EngineChoice:
         ensure_cufile_safe()
         return EngineChoice("cufile", f"libcufile {lib.version_string} at {lib.path} and a usable CUDA driver")
     except PygdsError as exc:
-        reasons.append(f"cuFile: {exc}")
+        reasons.append(str(exc))  # the message names cuFile or libcufile already
     hip = _hipfile_check()
     if hip.ok:
         return EngineChoice("hipfile", hip.reason)

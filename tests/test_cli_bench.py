@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ def test_default_runs_write_then_read_with_a_baseline(capsys, tmp_path):
     runs = [(r["phase"], r["impl"]) for r in report["results"]]
     assert runs == [("write", "pygds"), ("write", "posix-baseline"), ("read", "pygds"), ("read", "posix-baseline")]
     for r in report["results"]:
-        assert r["bytes"] == 1 << 20 and r["ops"] == 16 and r["seconds"] > 0
+        assert r["bytes"] == 1 << 20 and r["ops"] == 16 and r["seconds"] > 0 and r["runs"] == 3
         assert r["gib_per_s"] > 0 and r["iops"] > 0
         lat = r["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
@@ -64,13 +65,46 @@ def test_human_output_has_the_table_and_the_ratio(capsys, tmp_path):
     assert main(["bench", *SMALL, "--write", "--path", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "GiB/s" in out and "p99 ms" in out and "write: pygds / POSIX baseline =" in out
+    assert "(median of 3 paired round(s): " in out
 
 
 def test_progress_bar_goes_to_stderr_when_forced(capsys, tmp_path):
     assert main(["bench", *SMALL, "--write", "--no-baseline", "--progress", "--path", str(tmp_path), "--json"]) == 0
     captured = capsys.readouterr()
     json.loads(captured.out)
-    assert "100.0%" in captured.err and "1.0 MiB / 1.0 MiB" in captured.err
+    assert "100.0%" in captured.err and "3.0 MiB / 3.0 MiB" in captured.err  # 3 rounds of 1 MiB
+    assert "write pygds (round 3/3) [" in captured.err
+
+
+def test_write_runs_of_both_contenders_start_from_fresh_files_in_alternating_order(capsys, tmp_path):
+    """The baseline must not overwrite files pygds just allocated (nor the other way round): every
+    write run starts from empty files, and the contenders take turns at going first."""
+    report = bench_json(capsys, *SMALL, "--write", "--files", "2", "--rounds", "4", "--path", str(tmp_path))
+    runs = report["runs"]
+    assert [(r["round"], r["impl"]) for r in runs] == [
+        (0, "pygds"), (0, "posix-baseline"), (1, "posix-baseline"), (1, "pygds"),
+        (2, "pygds"), (2, "posix-baseline"), (3, "posix-baseline"), (3, "pygds")]
+    assert all(r["phase"] == "write" and r["file_bytes_at_start"] == 0 for r in runs)
+    assert report["config"]["rounds"] == 4 and os.listdir(tmp_path) == []
+
+
+def test_read_and_mixed_runs_use_the_same_full_files(capsys, tmp_path):
+    for phase in (["--read"], ["--mixed", "0.5"]):
+        report = bench_json(capsys, *SMALL, *phase, "--rounds", "2", "--path", str(tmp_path))
+        assert len(report["runs"]) == 4 and all(r["file_bytes_at_start"] == 1 << 20 for r in report["runs"])
+
+
+def test_ratio_is_the_median_of_the_rounds_paired_ratios(capsys, tmp_path):
+    report = bench_json(capsys, *SMALL, "--rounds", "3", "--path", str(tmp_path))
+    for phase in ("write", "read"):
+        rate = {(r["round"], r["impl"]): r["gib_per_s"] for r in report["runs"] if r["phase"] == phase}
+        paired = [rate[(n, "pygds")] / rate[(n, "posix-baseline")] for n in range(3)]
+        assert report["ratio_rounds"][phase] == [round(x, 3) for x in paired]
+        assert report["ratios"][phase] == round(statistics.median(paired), 3)
+        summary = next(r for r in report["results"] if (r["phase"], r["impl"]) == (phase, "pygds"))
+        assert summary["gib_per_s"] == statistics.median(rate[(n, "pygds")] for n in range(3))
+        assert summary["gib_per_s_range"] == [min(rate[(n, "pygds")] for n in range(3)),
+                                              max(rate[(n, "pygds")] for n in range(3))]
 
 
 @pytest.mark.skipif(memory.cuda_available(), reason="CUDA is usable here")
@@ -105,6 +139,7 @@ def test_hipfile_engine_without_its_module_is_a_clear_error(capsys, tmp_path):
     (["--read", "--write"], "not allowed with"),
     (["--direct", "--block-size", "1000", "--total", "8000"], "multiple of 4096"),
     (["--threads", "0"], "at least 1"),
+    (["--rounds", "0"], "at least 1"),
     (["--engine", "magic"], "invalid choice"),
     (["--path", "/nonexistent/dir"], "no such directory"),
 ])

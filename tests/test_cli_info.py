@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pygds import fsinfo
+from pygds import fsinfo, guard
 from pygds.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,15 +89,80 @@ def test_info_reads_gds_paths_from_an_lmcache_config(capsys, tmp_path):
     assert any(p["topic"] == f"config {config}" and "storage_plugins" in p["problem"] for p in report["problems"])
 
 
-def test_info_human_output_lists_problems_with_fixes(capsys, tmp_path):
+@pytest.mark.skipif(not NO_PROC_MODULES, reason="/proc/modules exists here; this is the sandbox's state")
+def test_info_human_output_explains_posix_and_each_fix_in_this_sandbox(capsys, tmp_path):
+    """No /proc/modules and no CUDA driver here: auto falls back to POSIX and says why, and each
+    cause is a numbered problem with its fix."""
     assert main(["info", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "libcufile" in out and "engine 'auto' chooses" in out and str(tmp_path) in out
-    assert ("fix: " in out) or ("no problems found" in out)
+    assert "proc_modules  NO  /proc/modules cannot be read" in out
+    assert "cuFile driver not opened: the never-hang guard did not pass" in out
+    auto = next(line for line in out.splitlines() if line.startswith("engine 'auto' chooses "))
+    assert auto.startswith("engine 'auto' chooses posix: ") and "/proc/modules cannot be read" in auto
+    problems = out[out.index(" problem(s):"):]
+    assert re.search(r"\d+\. \[error\] /proc/modules: /proc/modules cannot be read.*\n\s+fix: run where "
+                     r"/proc/modules is readable", problems)
+    if not guard.check_cuda_driver().ok:  # no libcuda in this sandbox either
+        assert re.search(r"\[error\] CUDA driver: .*\n\s+fix: install the NVIDIA driver", problems)
+
+
+def test_info_human_output_on_the_standin_chooses_cufile(standin, tmp_path):
+    """With a CUDA driver and /proc/modules (the stand-in), auto chooses cuFile, the mode is
+    compatibility, and the one machine problem is nvidia-fs, with its fix."""
+    done = subprocess.run([sys.executable, "-m", "pygds", "info", str(tmp_path)], env=standin.env(),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert re.search(r"^engine 'auto' chooses cufile: libcufile \d+\.\d+\.\d+ at \S+libcufile\.so\S* and a "
+                     r"usable CUDA driver$", out, re.MULTILINE), out
+    assert "mode          compatibility: nvidia-fs is absent" in out and "cuFile driver opened" in out
+    assert re.search(r"\[warning\] nvidia-fs: .*\n\s+fix: install and load the nvidia-fs kernel module", out)
+    assert "[error] /proc/modules" not in out and "[error] CUDA driver" not in out
+
+
+def test_info_never_repeats_a_name_before_its_own_message(capsys, tmp_path):
+    """Messages that already start with their subject are not prefixed with it again
+    ("libhipfile.so.0: libhipfile.so.0: cannot open ...", "cuFile: cuFile cannot be used")."""
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert not re.findall(r"\b([\w.]+): \1\b", out), out
+
+
+@pytest.mark.skipif(os.path.isdir("/run/udev/data"), reason="/run/udev/data exists here")
+def test_gds_column_says_no_where_handle_registration_fails_with_5027(capsys, tmp_path):
+    facts = fsinfo.probe_path(tmp_path)
+    if not (facts.block_device and facts.gds_supported):
+        pytest.skip(f"{tmp_path} is not on a GDS file system on a block device here")
+    report = run_json(capsys, "info", "--json", str(tmp_path))
+    assert report["paths"][0]["gds_supported"] is True and report["paths"][0]["gds_ready"] is False
+    assert main(["info", str(tmp_path)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"{tmp_path} "))
+    assert row.split()[1:5] == [facts.fs_type, facts.mount_point, "no", "(5027)"]
+
+
+def test_info_warns_when_paths_share_one_file_system(capsys, tmp_path):
+    a, b = tmp_path / "nvme0", tmp_path / "nvme1"
+    a.mkdir()
+    report = run_json(capsys, "info", "--json", str(a), str(b))
+    shared = [p for p in report["problems"] if p["topic"] == "paths"]
+    assert len(shared) == 1 and shared[0]["severity"] == "warning"
+    assert f"{a}, {b} are on one file system ({fsinfo.fs_type(a)} at {fsinfo.mount_of(a).mount_point}" \
+        in shared[0]["problem"]
+    assert "its own drive or file system" in shared[0]["fix"]
+    report = run_json(capsys, "info", "--json", str(a))
+    assert not [p for p in report["problems"] if p["topic"] == "paths"]
+
+
+@pytest.mark.skipif(fsinfo.fs_type("/dev/shm") != "tmpfs", reason="/dev/shm is not a tmpfs here")
+def test_paths_on_different_file_systems_are_not_flagged(capsys, tmp_path):
+    if os.stat(tmp_path).st_dev == os.stat("/dev/shm").st_dev:
+        pytest.skip("the temporary directory is on /dev/shm's file system")
+    report = run_json(capsys, "info", "--json", str(tmp_path), "/dev/shm")
+    assert not [p for p in report["problems"] if p["topic"] == "paths"]
 
 
 @pytest.mark.parametrize("argv", [["info", "--config", "/nonexistent.yaml"], ["info", "--bogus"],
-                                  ["nope"], []])
+                                  ["nope"], ["-v"]])
 def test_bad_arguments_exit_2_with_usage(capsys, argv):
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -2,21 +2,30 @@
 
 Each phase (write, read, or a mixed read/write ratio) moves `--total` bytes in `--block-size`
 requests spread over `--files` files on one or more `--path`s, from `--threads` workers each
-keeping `--qd` requests in flight. By default the same phase is then repeated with a plain
+keeping `--qd` requests in flight. By default the same phase is also run with a plain
 `os.preadv`/`os.pwritev` loop (threads x qd workers, host memory, the same files, block size and
-O_DIRECT setting), so the ratio shows what pygds adds or costs. Files live in a temporary folder
-under each path and are removed at the end.
+O_DIRECT setting), so the ratio shows what pygds adds or costs.
+
+The two contenders meet the same conditions, or the ratio measures the conditions instead: every
+write run starts from freshly created empty files (the previous run's files are deleted first),
+reads and mixed runs use the same fully written files, and every run follows an `os.sync()`. A
+phase runs `--rounds` rounds; the order of the contenders alternates from round to round, figures
+are medians over the rounds, and the ratio is the median of each round's pygds / baseline ratio,
+so a drift in the machine's speed cancels out. Files live in a temporary folder under each path
+and are removed at the end.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import importlib.util
 import math
 import mmap
 import os
 import random
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -64,6 +73,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--path", "-d", action="append", metavar="DIR",
                    help="directory for the test files; repeat to spread files over several (default: the "
                         "system temporary directory)")
+    p.add_argument("--rounds", type=positive_int_arg, default=3, metavar="N",
+                   help="timed rounds per phase; contenders alternate which goes first, figures are medians "
+                        "(default 3)")
     p.add_argument("--no-baseline", action="store_true", help="skip the raw POSIX baseline")
     p.add_argument("--drop-caches", action="store_true",
                    help=f"sync and write 3 to {DROP_CACHES} before every measured run (needs root)")
@@ -84,23 +96,39 @@ class Op:
 
 @dataclass
 class Measurement:
+    """One timed run of one contender."""
+
     phase: str
     impl: str
+    round: int
     bytes: int
     ops: int
     seconds: float
+    file_bytes_at_start: int  # the files' total size when the run began: 0 for every write run
     latencies: list[float] = field(repr=False, default_factory=list)
 
+    @property
+    def gib_per_s(self) -> float:
+        return self.bytes / max(self.seconds, 1e-9) / (1 << 30)
+
     def as_dict(self) -> dict[str, Any]:
-        lat = sorted(self.latencies)
-        secs = max(self.seconds, 1e-9)
-        return {
-            "phase": self.phase, "impl": self.impl, "bytes": self.bytes, "ops": self.ops,
-            "seconds": round(self.seconds, 6), "gib_per_s": self.bytes / secs / (1 << 30),
-            "iops": self.ops / secs,
-            "latency_ms": {"p50": _percentile(lat, 50) * 1e3, "p90": _percentile(lat, 90) * 1e3,
-                           "p99": _percentile(lat, 99) * 1e3, "max": (lat[-1] if lat else 0.0) * 1e3},
-        }
+        return {"phase": self.phase, "impl": self.impl, "round": self.round, "seconds": round(self.seconds, 6),
+                "gib_per_s": self.gib_per_s, "file_bytes_at_start": self.file_bytes_at_start}
+
+
+def _summary(runs: list[Measurement]) -> dict[str, Any]:
+    """One contender's runs of one phase: medians over the runs, latency percentiles over all requests."""
+    lat = sorted(x for m in runs for x in m.latencies)
+    rates = sorted(m.gib_per_s for m in runs)
+    seconds = statistics.median(m.seconds for m in runs)
+    first = runs[0]
+    return {
+        "phase": first.phase, "impl": first.impl, "runs": len(runs), "bytes": first.bytes, "ops": first.ops,
+        "seconds": round(seconds, 6), "gib_per_s": statistics.median(rates),
+        "gib_per_s_range": [rates[0], rates[-1]], "iops": first.ops / max(seconds, 1e-9),
+        "latency_ms": {"p50": _percentile(lat, 50) * 1e3, "p90": _percentile(lat, 90) * 1e3,
+                       "p99": _percentile(lat, 99) * 1e3, "max": (lat[-1] if lat else 0.0) * 1e3},
+    }
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -243,8 +271,8 @@ def _check_count(done: int, want: int, op: Op, name: str) -> None:
 
 
 def _measure_pygds(phase: str, ops: list[Op], names: list[str], args: argparse.Namespace,
-                   buffers: _Buffers, progress: Progress) -> tuple[Measurement, str]:
-    mode = {"read": "r", "write": "w", "mixed": "r+"}[phase]
+                   buffers: _Buffers, progress: Progress) -> tuple[float, list[float], str]:
+    mode = "r" if phase == "read" else "r+"  # writes go into files that exist: see _fresh_files
     opened = [File(name, mode, engine=args.engine, direct=args.direct) for name in names]
     block = args.block_size
     try:
@@ -277,7 +305,7 @@ def _measure_pygds(phase: str, ops: list[Op], names: list[str], args: argparse.N
     finally:
         for f in opened:
             f.close()
-    return Measurement(phase, "pygds", block * len(ops), len(ops), seconds, latencies), engine
+    return seconds, latencies, engine
 
 
 def _collect(pending: collections.deque, lat: list[float], block: int, progress: Progress) -> None:
@@ -289,8 +317,8 @@ def _collect(pending: collections.deque, lat: list[float], block: int, progress:
 
 
 def _measure_baseline(phase: str, ops: list[Op], names: list[str], args: argparse.Namespace,
-                      progress: Progress) -> Measurement:
-    flags = {"read": os.O_RDONLY, "write": os.O_WRONLY | os.O_TRUNC, "mixed": os.O_RDWR}[phase]
+                      progress: Progress) -> tuple[float, list[float]]:
+    flags = {"read": os.O_RDONLY, "write": os.O_WRONLY, "mixed": os.O_RDWR}[phase]
     if args.direct:
         flags |= os.O_DIRECT
     fds = [os.open(name, flags | os.O_CLOEXEC) for name in names]
@@ -318,7 +346,7 @@ def _measure_baseline(phase: str, ops: list[Op], names: list[str], args: argpars
             os.close(fd)
         for buf in buffers:
             buf.close()
-    return Measurement(phase, "posix-baseline", block * len(ops), len(ops), seconds, latencies)
+    return seconds, latencies
 
 
 def _prepare_files(names: list[str], per_file: int) -> None:
@@ -334,41 +362,63 @@ def _prepare_files(names: list[str], per_file: int) -> None:
             os.close(fd)
 
 
+def _fresh_files(names: list[str]) -> None:
+    """Delete the files and create them again, empty (not measured): every write run, whichever
+    contender it is, allocates its blocks anew instead of one of them overwriting the other's."""
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+
+
 def _drop_caches() -> None:
     with open(DROP_CACHES, "w") as f:
         f.write("3\n")
+
+
+def _order(impls: list[str], round_: int) -> list[str]:
+    """The contenders of round `round_`, rotated so that each goes first equally often."""
+    shift = round_ % len(impls)
+    return impls[shift:] + impls[:shift]
 
 
 def _bench(args: argparse.Namespace, paths: list[str], dirs: list[str]) -> dict[str, Any]:
     phases = _phases(args)
     per_file = (args.total // args.files) // args.block_size * args.block_size
     names = [os.path.join(dirs[i % len(dirs)], f"file-{i}.dat") for i in range(args.files)]
-    impls = 1 if args.no_baseline else 2
+    impls = ["pygds"] if args.no_baseline else ["pygds", "posix-baseline"]
     choice = guard.choose_engine(args.engine)
-    results: list[Measurement] = []
+    runs: list[Measurement] = []
     engine_used = None
     buffers = _Buffers(args.mem, args.threads * args.qd, args.block_size, args.seed)
     old_threads = pool.num_threads()
     pool.set_num_threads(max(old_threads, args.threads * args.qd))
-    written = False
+    full = False  # whether every file holds per_file bytes
     try:
-        with Progress(per_file * args.files * len(phases) * impls, "bench", flag=args.progress) as progress:
+        total = per_file * args.files * len(phases) * len(impls) * args.rounds
+        with Progress(total, "bench", flag=args.progress) as progress:
             for phase in phases:
-                if phase != "write" and not written:
+                if phase != "write" and not full:
                     progress.set_label("preparing files")
                     _prepare_files(names, per_file)
                 ops = _ops(phase, args.files, per_file, args.block_size, args.mixed, args.seed)
-                for impl in ("pygds",) if args.no_baseline else ("pygds", "posix-baseline"):
-                    os.sync()  # no dirty pages of the previous run flushing during this one
-                    if args.drop_caches:
-                        _drop_caches()
-                    progress.set_label(f"{phase} {impl}")
-                    if impl == "pygds":
-                        measurement, engine_used = _measure_pygds(phase, ops, names, args, buffers, progress)
-                    else:
-                        measurement = _measure_baseline(phase, ops, names, args, progress)
-                    results.append(measurement)
-                written = True
+                for round_ in range(args.rounds):
+                    for impl in _order(impls, round_):
+                        if phase == "write":
+                            _fresh_files(names)
+                        os.sync()  # no dirty pages of the previous run flushing during this one
+                        if args.drop_caches:
+                            _drop_caches()
+                        at_start = sum(os.stat(name).st_size for name in names)
+                        progress.set_label(f"{phase} {impl} (round {round_ + 1}/{args.rounds})")
+                        if impl == "pygds":
+                            seconds, latencies, engine_used = _measure_pygds(phase, ops, names, args, buffers,
+                                                                             progress)
+                        else:
+                            seconds, latencies = _measure_baseline(phase, ops, names, args, progress)
+                        runs.append(Measurement(phase, impl, round_, args.block_size * len(ops), len(ops),
+                                                seconds, at_start, latencies))
+                full = True
     finally:
         pool.set_num_threads(old_threads)
         buffers.close()
@@ -376,7 +426,7 @@ def _bench(args: argparse.Namespace, paths: list[str], dirs: list[str]) -> dict[
     return {
         "config": {"phases": phases, "read_fraction": args.mixed, "block_size": args.block_size,
                    "total": per_file * args.files, "files": args.files, "threads": args.threads, "qd": args.qd,
-                   "mem": args.mem, "direct": args.direct, "drop_caches": args.drop_caches,
+                   "mem": args.mem, "direct": args.direct, "drop_caches": args.drop_caches, "rounds": args.rounds,
                    "baseline_workers": None if args.no_baseline else args.threads * args.qd,
                    "pool_threads": max(old_threads, args.threads * args.qd), "task_size": pool.task_size()},
         "paths": [{"path": p, "fs_type": fsinfo.fs_type(p), "mount_point": fsinfo.mount_of(p).mount_point}
@@ -384,37 +434,44 @@ def _bench(args: argparse.Namespace, paths: list[str], dirs: list[str]) -> dict[
         "engine": {"requested": args.engine, "used": engine_used,
                    "reason": (f"{choice.reason}; opening the file fell back to {engine_used}" if fell_back
                               else choice.reason)},
-        "results": [m.as_dict() for m in results],
-        "ratios": _ratios(results),
+        "results": [_summary([m for m in runs if (m.phase, m.impl) == (phase, impl)])
+                    for phase in phases for impl in impls],
+        "runs": [m.as_dict() for m in runs],
+        **_ratios(runs),
     }
 
 
-def _ratios(results: list[Measurement]) -> dict[str, float]:
-    """pygds GiB/s over baseline GiB/s, per phase."""
-    by = {(m.phase, m.impl): m for m in results}
-    out = {}
-    for (phase, impl), m in by.items():
-        base = by.get((phase, "posix-baseline"))
-        if impl == "pygds" and base is not None and m.seconds > 0 and base.bytes:
-            out[phase] = round((m.bytes / m.seconds) / (base.bytes / base.seconds), 3)
-    return out
+def _ratios(runs: list[Measurement]) -> dict[str, dict[str, Any]]:
+    """Per phase, pygds GiB/s over baseline GiB/s within each round, and their median ("ratios")."""
+    by = {(m.phase, m.impl, m.round): m for m in runs}
+    per_round: dict[str, list[float]] = {}
+    for (phase, impl, round_), m in by.items():
+        base = by.get((phase, "posix-baseline", round_))
+        if impl == "pygds" and base is not None:
+            per_round.setdefault(phase, []).append(m.gib_per_s / base.gib_per_s)
+    return {"ratios": {phase: round(statistics.median(r), 3) for phase, r in per_round.items()},
+            "ratio_rounds": {phase: [round(x, 3) for x in r] for phase, r in per_round.items()}}
 
 
 def _print(report: dict[str, Any]) -> None:
     cfg, eng = report["config"], report["engine"]
     where = ", ".join(f"{p['path']} ({p['fs_type']})" for p in report["paths"])
-    say(f"pygds bench: {human_bytes(cfg['total'])} per phase in {human_bytes(cfg['block_size'])} blocks, "
+    say(f"pygds bench: {human_bytes(cfg['total'])} per run in {human_bytes(cfg['block_size'])} blocks, "
         f"{cfg['files']} file(s), {cfg['threads']} thread(s) x qd {cfg['qd']}, {cfg['mem']} memory"
-        f"{', O_DIRECT' if cfg['direct'] else ''} on {where}")
+        f"{', O_DIRECT' if cfg['direct'] else ''} on {where}; {cfg['rounds']} round(s) per phase, writes into "
+        "fresh files")
     say(f"engine: {eng['used']} (asked {eng['requested']}: {eng['reason']})")
     rows = []
     for r in report["results"]:
         lat = r["latency_ms"]
-        rows.append((r["phase"], r["impl"], f"{r['gib_per_s']:.3f}", f"{r['iops']:.0f}", f"{lat['p50']:.3f}",
-                     f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", f"{lat['max']:.3f}"))
-    say(table(rows, ("phase", "impl", "GiB/s", "IOPS", "p50 ms", "p90 ms", "p99 ms", "max ms")))
+        low, high = r["gib_per_s_range"]
+        rows.append((r["phase"], r["impl"], f"{r['gib_per_s']:.3f}", f"{low:.3f}..{high:.3f}", f"{r['iops']:.0f}",
+                     f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", f"{lat['max']:.3f}"))
+    say(table(rows, ("phase", "impl", "GiB/s", "min..max", "IOPS", "p50 ms", "p90 ms", "p99 ms", "max ms")))
     for phase, ratio in report["ratios"].items():
-        say(f"{phase}: pygds / POSIX baseline = {ratio:.2f}x")
+        each = report["ratio_rounds"][phase]
+        say(f"{phase}: pygds / POSIX baseline = {ratio:.2f}x (median of {len(each)} paired round(s): "
+            f"{min(each):.2f}x .. {max(each):.2f}x)")
     if not cfg["drop_caches"]:
         say("(page cache not dropped: reads may come from memory; --drop-caches as root measures the device)")
 

@@ -14,13 +14,15 @@ import importlib.util
 import os
 import random
 import shutil
+import sys
 import tempfile
-import time
 from concurrent.futures import Future, wait
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from lmcache_plugin.config import ConfigError, PluginSettings, plan_engine
 from lmcache_plugin.format import EntryHeader
+from lmcache_plugin.layout import fanout
 from lmcache_plugin.store import KVStore, StoreOptions
 
 from .. import fsinfo, guard, memory
@@ -30,7 +32,7 @@ from .output import human_bytes, positive_int_arg, print_json, say
 from .progress import Progress
 
 MODEL = "meta-llama/Llama-3.1-8B"
-LAYERS, KV_HEADS, HEAD_DIM, BF16_BYTES = 32, 8, 128, 2
+LAYERS, KV_HEADS, HEAD_DIM = 32, 8, 128
 FMT_KV_2LTD = 1  # LMCache MemoryFormat.KV_2LTD: [2, layers, tokens, hidden]
 
 
@@ -59,7 +61,7 @@ def chunk_shape(tokens: int) -> tuple[int, int, int, int]:
     return (2, LAYERS, tokens, KV_HEADS * HEAD_DIM)
 
 
-def _plan(directory: str, engine: str, device_memory: bool) -> tuple[str, str, str]:
+def _plan_engine(directory: str, engine: str, device_memory: bool) -> tuple[str, str, str]:
     """(engine the store gets, data suffix, why), decided by the plugin's own rule."""
     settings = PluginSettings(paths=(directory,), engine=engine, engine_explicit=engine != "auto",
                               sources={"engine": "--engine"})
@@ -127,53 +129,136 @@ def _wait_all(futures: list[Future], progress: Progress, nbytes: int) -> list[bo
     return [bool(f.result()) for f in futures]
 
 
-def _round_trip(directory: str, args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class _Plan:
+    """What the demo will do, known before any I/O, so its header can come first."""
+
+    directory: str
+    temporary: bool
+    shape: tuple[int, int, int, int]
+    header: EntryHeader
+    memory: str
+    engine: str
+    suffix: str
+    reason: str
+    keys: list[str]
+    hashes: list[int]
+
+    @property
+    def chunk_bytes(self) -> int:
+        return self.header.nbytes
+
+
+def _missing_dirs(directory: str, hashes: list[int]) -> list[str]:
+    """`directory` and the fan-out levels of `hashes` below it that do not exist yet, deepest first."""
+    wanted = set()
+    path = directory
+    while not os.path.exists(path):
+        wanted.add(path)
+        path = os.path.dirname(path)
+    for h in hashes:
+        first, second = fanout(h)
+        wanted.update((os.path.join(directory, first), os.path.join(directory, first, second)))
+    return sorted((d for d in wanted if not os.path.exists(d)), key=lambda d: d.count(os.sep), reverse=True)
+
+
+def _remove_empty(dirs: list[str]) -> None:
+    """Remove each directory that is empty, deepest first; one that holds anything stays."""
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+
+
+def _chunk_hashes(count: int) -> list[int]:
+    return [random.Random(1000 + i).getrandbits(62) for i in range(count)]
+
+
+def _plan(directory: str, temporary: bool, hashes: list[int], args: argparse.Namespace) -> _Plan:
     shape = chunk_shape(args.tokens)
-    header = EntryHeader.single(shape, "BF16", FMT_KV_2LTD)
-    nbytes = header.nbytes
     device = memory.cuda_available()
-    planned, suffix, plan_reason = _plan(directory, args.engine, device)
+    os.makedirs(directory, exist_ok=True)
+    planned, suffix, reason = _plan_engine(directory, args.engine, device)
     if not device:
-        plan_reason += f"; no usable CUDA GPU: {guard.check_cuda_driver().reason}"
+        reason += f"; no usable CUDA GPU: {guard.check_cuda_driver().reason}"
     if args.engine != "auto" and planned != args.engine:
-        plan_reason = f"--engine {args.engine} overridden as the plugin would: {plan_reason}"
-    engine, engine_reason = _engine_used(directory, planned, plan_reason)
-    hashes = [random.Random(1000 + i).getrandbits(62) for i in range(args.chunks)]
-    keys = [f"{MODEL}@1@0@{h:x}@bfloat16" for h in hashes]
-    chunks = _Chunks(args.chunks, nbytes, device)
+        reason = f"--engine {args.engine} overridden as the plugin would: {reason}"
+    engine, reason = _engine_used(directory, planned, reason)
+    return _Plan(directory=directory, temporary=temporary, shape=shape,
+                 header=EntryHeader.single(shape, "BF16", FMT_KV_2LTD), memory="gpu" if device else "host",
+                 engine=engine, suffix=suffix, reason=reason,
+                 keys=[f"{MODEL}@1@0@{h:x}@bfloat16" for h in hashes], hashes=hashes)
+
+
+def _phase(label: str, plan: _Plan, args: argparse.Namespace, submit: Callable[[str, int, Any], Future],
+           buffers: list[Any],
+           submitted: list[Future]) -> tuple[list[bool], float]:
+    """Submit one operation per chunk and wait; (results, seconds). The bar's clock is the
+    summary's, so the rate it ends on is the one the summary prints."""
+    with Progress(plan.chunk_bytes * args.chunks, label, flag=args.progress) as bar:
+        futures = []
+        for key, h, buf in zip(plan.keys, plan.hashes, buffers):
+            futures.append(submit(key, h, buf))
+            submitted.append(futures[-1])
+        results = _wait_all(futures, bar, plan.chunk_bytes)
+        return results, bar.elapsed()
+
+
+def _round_trip(plan: _Plan, args: argparse.Namespace) -> dict[str, Any]:
+    chunks = _Chunks(args.chunks, plan.chunk_bytes, plan.memory == "gpu")
+    submitted: list[Future] = []
+    options = StoreOptions(paths=[plan.directory], engine=plan.engine, data_suffix=plan.suffix, scan=False)
     try:
-        with KVStore(StoreOptions(paths=[directory], engine=engine, data_suffix=suffix, scan=False)) as store:
-            for key, h in zip(keys, hashes):
-                store.remove(key, h)  # left by an earlier --keep run
-            with Progress(2 * nbytes * args.chunks, "demo write", flag=args.progress) as progress:
-                t0 = time.perf_counter()
-                stored = _wait_all([store.submit_put(k, h, src, header)
-                                    for k, h, src in zip(keys, hashes, chunks.src)], progress, nbytes)
-                write_s = time.perf_counter() - t0
+        with KVStore(options) as store:
+            try:
+                for key, h in zip(plan.keys, plan.hashes):
+                    store.remove(key, h)  # left by an earlier --keep run
+                stored, write_s = _phase("demo write", plan, args,
+                                         lambda k, h, src: store.submit_put(k, h, src, plan.header),
+                                         chunks.src, submitted)
                 if not all(stored):
                     raise CommandError(f"{stored.count(False)} of {args.chunks} chunks could not be stored in "
-                                       f"{directory} (the log above names the cause)")
-                progress.set_label("demo read")
-                t0 = time.perf_counter()
-                loaded = _wait_all([store.submit_get_into(k, h, dst)
-                                    for k, h, dst in zip(keys, hashes, chunks.dst)], progress, nbytes)
-                read_s = time.perf_counter() - t0
-            verified = sum(ok and chunks.read_back(i) == chunks.expected[i] for i, ok in enumerate(loaded))
-            stats = store.stats().as_dict()
-            if not args.keep:
-                for key, h in zip(keys, hashes):
-                    store.remove(key, h)
+                                       f"{plan.directory} (the log above names the cause)")
+                loaded, read_s = _phase("demo read", plan, args, store.submit_get_into, chunks.dst, submitted)
+                verified = sum(ok and chunks.read_back(i) == chunks.expected[i] for i, ok in enumerate(loaded))
+                stats = store.stats().as_dict()
+            finally:
+                wait(submitted)  # nothing may publish after the removal below
+                if not args.keep:
+                    for key, h in zip(plan.keys, plan.hashes):
+                        store.remove(key, h)
     finally:
         chunks.close()
-    total = nbytes * args.chunks
+    total = plan.chunk_bytes * args.chunks
     return {
-        "directory": directory, "fs_type": fsinfo.fs_type(directory), "chunks": args.chunks,
-        "chunk_shape": list(shape), "dtype": "BF16", "chunk_bytes": nbytes, "memory": "gpu" if device else "host",
-        "engine": {"requested": args.engine, "used": engine, "reason": engine_reason},
+        "directory": plan.directory, "fs_type": fsinfo.fs_type(plan.directory), "chunks": args.chunks,
+        "chunk_shape": list(plan.shape), "dtype": "BF16", "chunk_bytes": plan.chunk_bytes, "memory": plan.memory,
+        "engine": {"requested": args.engine, "used": plan.engine, "reason": plan.reason},
         "write": {"bytes": total, "seconds": write_s, "gib_per_s": total / max(write_s, 1e-9) / (1 << 30)},
         "read": {"bytes": total, "seconds": read_s, "gib_per_s": total / max(read_s, 1e-9) / (1 << 30)},
         "verified": verified, "ok": verified == args.chunks, "store_stats": stats,
     }
+
+
+def _print_header(plan: _Plan, args: argparse.Namespace) -> None:
+    """What is about to run, before the work: a long run shows what it is doing from the start."""
+    say(f"pygds demo: {args.chunks} KV chunks of {human_bytes(plan.chunk_bytes)} "
+        f"({MODEL}, {args.tokens} tokens, bf16 {'x'.join(map(str, plan.shape))}) in {plan.directory} "
+        f"({fsinfo.fs_type(plan.directory)}{', removed afterwards' if plan.temporary else ''})")
+    say(f"engine: {plan.engine} with {plan.memory} memory -- {plan.reason}")
+    sys.stdout.flush()
+
+
+def _print_result(report: dict[str, Any]) -> None:
+    for phase in ("write", "read"):
+        r = report[phase]
+        say(f"{phase:<5}  {human_bytes(r['bytes'])} in {r['seconds']:.3f} s = "
+            f"{human_bytes(r['bytes'] / max(r['seconds'], 1e-9))}/s")
+    say(f"verified {report['verified']}/{report['chunks']} chunks byte-exact" +
+        ("" if report["ok"] else " -- MISMATCH"))
+    say("(through the page cache, as a serving cache mostly runs; `pygds bench --drop-caches` measures the "
+        "device)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -185,25 +270,20 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("this pygds has no hipFile engine yet; use --engine auto, cufile or posix")
     temporary = args.dir is None
     directory = tempfile.mkdtemp(prefix="pygds-demo-") if temporary else os.path.abspath(args.dir)
+    hashes = _chunk_hashes(args.chunks)
+    new_dirs = [] if temporary else _missing_dirs(directory, hashes)  # removed again unless --keep
     try:
-        os.makedirs(directory, exist_ok=True)
-        report = _round_trip(directory, args)
+        plan = _plan(directory, temporary, hashes, args)
+        if not args.json:
+            _print_header(plan, args)
+        report = _round_trip(plan, args)
     finally:
         if temporary:
             shutil.rmtree(directory, ignore_errors=True)
+        elif not args.keep:
+            _remove_empty(new_dirs)
     if args.json:
         print_json(report)
     else:
-        eng = report["engine"]
-        say(f"pygds demo: {report['chunks']} KV chunks of {human_bytes(report['chunk_bytes'])} "
-            f"({MODEL}, {args.tokens} tokens, bf16 {'x'.join(map(str, report['chunk_shape']))}) in {directory} "
-            f"({report['fs_type']}{', removed afterwards' if temporary else ''})")
-        say(f"engine: {eng['used']} with {report['memory']} memory -- {eng['reason']}")
-        for phase in ("write", "read"):
-            r = report[phase]
-            say(f"{phase:<5}  {human_bytes(r['bytes'])} in {r['seconds']:.3f} s = {r['gib_per_s']:.2f} GiB/s")
-        say(f"verified {report['verified']}/{report['chunks']} chunks byte-exact" +
-            ("" if report["ok"] else " -- MISMATCH"))
-        say("(through the page cache, as a serving cache mostly runs; `pygds bench --drop-caches` measures the "
-            "device)")
+        _print_result(report)
     return 0 if report["ok"] else 1

@@ -136,10 +136,38 @@ def _path_findings(facts: fsinfo.PathFacts) -> list[Finding]:
     if facts.free_bytes is not None and facts.free_bytes < LOW_FREE_BYTES:
         out.append(Finding(topic, f"only {human_bytes(facts.free_bytes)} free on {facts.mount_point}",
                            "free space or pick a larger file system for the cache"))
+    if _udev_blocks(facts):
+        out.append(Finding(topic, f"{facts.fs_type} on block device {facts.device} but "
+                                  f"{_udev_record(facts.device)} is missing: cuFileHandleRegister will fail "
+                                  "with 5027 on files here", UDEV_FIX, "error"))
+    return out
+
+
+def _udev_blocks(facts: fsinfo.PathFacts) -> bool:
+    """Whether libcufile will refuse files here with 5027 because the device's udev record is missing."""
     record = _udev_record(facts.device)
-    if facts.block_device and facts.gds_supported and record and not os.path.exists(record):
-        out.append(Finding(topic, f"{facts.fs_type} on block device {facts.device} but {record} is missing: "
-                                  "cuFileHandleRegister will fail with 5027 on files here", UDEV_FIX, "error"))
+    return bool(facts.block_device and facts.gds_supported and record and not os.path.exists(record))
+
+
+def _shared_file_systems(all_facts: list[fsinfo.PathFacts]) -> list[Finding]:
+    """Paths on one file system: as gds_path entries they share its drives, so the extra ones add
+    neither bandwidth nor space."""
+    groups: dict[int, list[fsinfo.PathFacts]] = {}
+    for facts in all_facts:
+        try:
+            groups.setdefault(os.stat(facts.probed_at).st_dev, []).append(facts)
+        except OSError:
+            continue  # vanished since it was probed; its own findings say what is wrong
+    out = []
+    for group in groups.values():
+        if len(group) > 1:
+            first = group[0]
+            names = ", ".join(f.path for f in group)
+            out.append(Finding("paths", f"{names} are on one file system ({first.fs_type} at {first.mount_point}"
+                                        f", {first.source}): as gds_path entries they share its drives, so "
+                                        "the extra paths add no bandwidth or space",
+                               "give each gds_path entry its own drive or file system (one per NVMe drive), "
+                               "or list just one of them"))
     return out
 
 
@@ -182,12 +210,16 @@ def collect(paths: list[str], config: str | None = None, *, open_driver: bool = 
         paths += _config_paths(config, findings)
     udev_ok = bool(udev["ok"])
     path_reports = []
+    all_facts = []
     for path in paths:
         facts = fsinfo.probe_path(path)
         record = _udev_record(facts.device) if facts.block_device else None
         path_reports.append({**facts.as_dict(), "udev_record": record,
-                             "udev_record_present": os.path.exists(record) if record else None})
+                             "udev_record_present": os.path.exists(record) if record else None,
+                             "gds_ready": facts.gds_supported and not _udev_blocks(facts)})
         findings += _path_findings(facts)
+        all_facts.append(facts)
+    findings += _shared_file_systems(all_facts)
     if not udev_ok and not any(f.topic.startswith("path ") and UDEV_DIR in f.problem for f in findings):
         findings.append(Finding("/run/udev", udev["reason"], UDEV_FIX))
     choice = guard.choose_engine("auto")
@@ -207,6 +239,13 @@ def collect(paths: list[str], config: str | None = None, *, open_driver: bool = 
 def _short(value: Any, width: int = 90) -> str:
     text = str(value)
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _gds_cell(path: dict[str, Any]) -> str:
+    """The path table's GDS column: "yes" only where cuFile can register files (see the problems)."""
+    if path["gds_ready"]:
+        return "yes"
+    return "no (5027)" if path["gds_supported"] else "no"
 
 
 def _print(report: dict[str, Any]) -> None:
@@ -236,7 +275,7 @@ def _print(report: dict[str, Any]) -> None:
     else:
         say(f"cuFile driver not opened: {driver.get('skipped') or driver.get('error')}")
     if report["paths"]:
-        rows = [(p["path"], p["fs_type"], p["mount_point"], "yes" if p["gds_supported"] else "no",
+        rows = [(p["path"], p["fs_type"], p["mount_point"], _gds_cell(p),
                  {True: "yes", False: "no", None: "?"}[p["o_direct"]], human_bytes(p["free_bytes"]))
                 for p in report["paths"]]
         say()

@@ -33,7 +33,10 @@ def wanted(flag: bool | None, stream: TextIO) -> bool:
 class Progress:
     """Thread-safe counter towards `total` that redraws one stderr line at most every `interval` s.
 
-    `unit` "bytes" shows sizes and a rate; anything else shows counts.
+    `unit` "bytes" shows sizes and the rate of the current step (since the bar was made or since
+    the last `set_label`), so a bar over several phases never shows a blend of them. The clock
+    stops when `total` is reached: the last line's rate and `elapsed()` agree with a summary
+    computed from `elapsed()`.
     """
 
     def __init__(self, total: int, label: str = "", *, unit: str = "bytes", flag: bool | None = None,
@@ -47,30 +50,49 @@ class Progress:
         self._interval = interval
         self._lock = threading.Lock()
         self._start = time.monotonic()
+        self._step_start = self._start
+        self._step_done = 0
+        self._finished: float | None = None
         self._last_draw = 0.0
         self._closed = False
 
     def update(self, n: int = 1) -> None:
         with self._lock:
             self.done += n
+            now = time.monotonic()
+            if self._finished is None and self.done >= self.total:
+                self._finished = now
             if not self.enabled:
                 return
-            now = time.monotonic()
             if now - self._last_draw >= self._interval or self.done >= self.total:
                 self._last_draw = now
                 self._draw(now)
 
     def set_label(self, label: str) -> None:
+        """Start a new step: the label changes and the rate shown counts from here."""
         with self._lock:
             self.label = label
+            self._step_start = time.monotonic()
+            self._step_done = self.done
+
+    def elapsed(self) -> float:
+        """Seconds from the start of the bar to `total` being reached (or to now, before that)."""
+        with self._lock:
+            return self._end(time.monotonic()) - self._start
+
+    def _end(self, now: float) -> float:
+        return now if self._finished is None else self._finished
+
+    def _rate(self, now: float) -> str:
+        elapsed = max(self._end(now) - self._step_start, 1e-9)
+        return f"{human_bytes((self.done - self._step_done) / elapsed)}/s"
 
     def _draw(self, now: float) -> None:
         fraction = min(self.done / self.total, 1.0) if self.total else 1.0
         filled = int(fraction * _WIDTH)
         bar = "#" * filled + "-" * (_WIDTH - filled)
-        elapsed = max(now - self._start, 1e-9)
         if self.unit == "bytes":
-            amount = f"{human_bytes(self.done)} / {human_bytes(self.total)}  {human_bytes(self.done / elapsed)}/s"
+            amount = f"{human_bytes(self.done)} / {human_bytes(self.total)}  {self._rate(now)}"
         else:
             amount = f"{self.done}/{self.total} {self.unit}"
         self.stream.write(f"\r{self.label} [{bar}] {fraction * 100:5.1f}%  {amount}\033[K")
