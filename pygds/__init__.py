@@ -25,7 +25,7 @@ from .errors import (
     UnsupportedBufferError,
 )
 from .file import File
-from .guard import EngineChoice, choose_engine
+from .guard import ENGINES, EngineChoice, choose_engine
 from .memory import BufferView, Pointer, as_buffer
 from .pool import num_threads, set_num_threads, set_task_size, task_size
 from .stream import StreamIO
@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batch", "BatchResult", "BufferView", "CuFileError", "Driver", "DriverProperties",
-    "DriverUnavailableError", "EngineChoice", "File", "FileClosedError", "IOFailedError",
+    "DriverUnavailableError", "ENGINES", "EngineChoice", "File", "FileClosedError", "IOFailedError",
     "InvalidArgumentError", "LibraryNotFoundError", "NotSupportedError", "Pointer", "PygdsError",
     "RegisteredBuffer", "StreamIO", "UnsupportedBufferError", "as_buffer", "choose_engine",
     "num_threads", "set_num_threads", "set_task_size", "task_size", "__version__",
