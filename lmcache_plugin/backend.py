@@ -36,6 +36,7 @@ from lmcache.v1.memory_management import MemoryAllocatorInterface, MemoryFormat,
 from lmcache.v1.storage_backend.abstract_backend import AllocatorBackendInterface, StoragePluginInterface
 
 import pygds
+from pygds.engines import registry as engines
 
 from .config import ConfigError, EnginePlan, PluginSettings, load_settings, plan_engine
 from .format import CorruptEntryError, EntryHeader, torch_dtype
@@ -274,33 +275,28 @@ class GdsPluginBackend(StoragePluginInterface, AllocatorBackendInterface):
         """A GPU destination that asks for hipFile needs a usable hipFile (a CPU one never uses it)."""
         if self.settings.engine != "hipfile" or not want_gpu:
             return
-        from pygds.engines import hipfile
-
-        check = hipfile.usable()
+        check = engines.get("hipfile").check()
         if not check.ok:
             raise ConfigError("engine", "hipfile", f"AMD hipFile was asked for ({self.settings.sources.get('engine')}) "
                               f"but it is not usable here: {check.reason}",
                               check.fix or "use cuFile (remove use_hipfile / gds_backend: hipfile) or engine: posix")
 
     def _prepare_engine(self, engine: str) -> str:
-        """Register the buffer with cuFile or hipFile; fall back to POSIX where `auto` allows it."""
+        """Register the buffer with the GPU-direct engine asked for (`auto`: the first usable one,
+        cuFile or hipFile, as pygds's own `auto` picks) and return that engine's name; fall back to
+        POSIX where `auto` allows it."""
         if engine not in ("cufile", "hipfile", "auto"):
             return engine
         try:
-            if engine == "hipfile":
-                from pygds.engines.hipfile import HipFileRegisteredBuffer
-
-                self._registered = HipFileRegisteredBuffer(self._buffer)
-            else:
-                self._registered = pygds.RegisteredBuffer(self._buffer)
+            self._registered = pygds.RegisteredBuffer(self._buffer, engine=engine)
         except pygds.PygdsError as exc:
             if engine != "auto":
                 raise RuntimeError(f"{engine} was asked for ({self.settings.sources.get('engine')}) but the "
                                    f"buffer cannot be registered: {exc}. Fix: set engine: posix (or "
                                    "use_cufile: false), or repair the GDS installation (pygds info)") from exc
-            log.warning("cuFile is not usable (%s); the gds plugin uses POSIX I/O on GPU memory", exc)
+            log.warning("no GPU-direct engine is usable (%s); the gds plugin uses POSIX I/O on GPU memory", exc)
             return "posix"
-        return engine
+        return self._registered.engine
 
     def initialize_allocator(self, config: Any, metadata: Any) -> MemoryAllocatorInterface:
         """The allocator over this backend's buffer (LMCache's TensorMemoryAllocator, locked), or
@@ -325,15 +321,14 @@ class GdsPluginBackend(StoragePluginInterface, AllocatorBackendInterface):
 
     # -- lookups ------------------------------------------------------------------------------
     def contains(self, key: CacheEngineKey, pin: bool = False) -> bool:
-        return self.store.contains(*self._key(key), pin=pin)
+        store = self._store
+        if store is None:
+            raise RuntimeError("the gds plugin is closed")
+        return store.contains(key.to_string(), key.chunk_hash, pin)
 
     async def batched_async_contains(self, lookup_id: str, keys: List[CacheEngineKey], pin: bool = False) -> int:
         """Prefix hits; with `pin`, each hit is pinned until LMCache unpins it after retrieval."""
-        hits = 0
-        for key in keys:
-            if not self.store.contains(*self._key(key), pin=pin):
-                break
-            hits += 1
+        hits = self.store.batched_contains(((key.to_string(), key.chunk_hash) for key in keys), pin)
         if pin and hits:
             with self._request_lock:
                 self._request_keys.extend(keys[:hits])

@@ -1,8 +1,8 @@
 """pygds: GPU-Direct-Storage for Python with nothing to compile.
 
-ctypes bindings over NVIDIA cuFile (`libcufile.so`) and AMD hipFile (`libhipfile.so`), and a POSIX
-engine for machines where GPU-direct is absent or fails. Importing pygds loads no native library;
-the first cuFile use does, after checks that keep it from hanging.
+ctypes bindings over NVIDIA cuFile (`libcufile.so`) and AMD hipFile (`libhipfile.so`), equals behind
+one interface, and a POSIX engine for machines where GPU-direct is absent or fails. Importing pygds
+loads no native library; the first use of an engine does, after checks that keep it from hanging.
 
     import pygds
     with pygds.File("/mnt/nvme/data.bin", "w") as f:
@@ -12,11 +12,15 @@ the first cuFile use does, after checks that keep it from hanging.
         fut = f.pread(out_tensor)            # concurrent.futures.Future
 """
 from .batch import Batch, BatchResult
-from .driver import Driver, DriverProperties, RegisteredBuffer
+from .driver import Driver, DriverProperties, RegisteredBuffer, close_shared
+from .engines.registry import ENGINES, EngineChoice, choose_engine, reset_fallback_log
 from .errors import (
+    CudaError,
     CuFileError,
     DriverUnavailableError,
     FileClosedError,
+    HipError,
+    HipFileError,
     InvalidArgumentError,
     IOFailedError,
     LibraryNotFoundError,
@@ -25,17 +29,17 @@ from .errors import (
     UnsupportedBufferError,
 )
 from .file import File
-from .guard import ENGINES, EngineChoice, choose_engine
 from .memory import BufferView, Pointer, as_buffer
 from .pool import num_threads, set_num_threads, set_task_size, task_size
-from .stream import StreamIO
+from .stream import StreamIO, reset_stream_io
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "BatchResult", "BufferView", "CuFileError", "Driver", "DriverProperties",
-    "DriverUnavailableError", "ENGINES", "EngineChoice", "File", "FileClosedError", "IOFailedError",
-    "InvalidArgumentError", "LibraryNotFoundError", "NotSupportedError", "Pointer", "PygdsError",
-    "RegisteredBuffer", "StreamIO", "UnsupportedBufferError", "as_buffer", "choose_engine",
-    "num_threads", "set_num_threads", "set_task_size", "task_size", "__version__",
+    "Batch", "BatchResult", "BufferView", "CuFileError", "CudaError", "Driver", "DriverProperties",
+    "DriverUnavailableError", "ENGINES", "EngineChoice", "File", "FileClosedError", "HipError", "HipFileError",
+    "IOFailedError", "InvalidArgumentError", "LibraryNotFoundError", "NotSupportedError", "Pointer", "PygdsError",
+    "RegisteredBuffer", "StreamIO", "UnsupportedBufferError", "as_buffer", "choose_engine", "close_shared",
+    "num_threads", "reset_fallback_log", "reset_stream_io", "set_num_threads", "set_task_size", "task_size",
+    "__version__",
 ]

@@ -1,52 +1,32 @@
 """`Batch`: many reads and writes on many files, submitted together, waited on, cancellable.
 
-When every operation is on a cuFile file into device memory the batch goes through cuFile's batch API
-(`cuFileBatchIOSetUp`/`Submit`/`GetStatus`/`Cancel`/`Destroy`); otherwise the operations run on
-pygds's thread pool. Either way each operation succeeds or fails on its own. A submitted batch
-counts as a user of each of its files until its last operation has ended, so closing a file first
-finishes the batch's operations on it (see `File.close`).
+When every operation is on files of one engine whose own batch API takes it (cuFile's, for device
+memory), the batch goes through that API; otherwise the operations run on pygds's thread pool.
+Either way each operation succeeds or fails on its own. A submitted batch holds each of its files
+(a lease) until its last operation has ended, so closing a file first finishes the batch's
+operations on it (see `File.close`).
 """
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import threading
-import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from . import _cufile_abi as abi
-from ._lib import cufile
 from ._lifetime import Closeable
-from .errors import (
-    FileClosedError,
-    InvalidArgumentError,
-    PygdsError,
-    check_status,
-    decode_batch_event,
-)
-from .file import File
+from .engines import registry
+from .engines.base import BatchOp, BatchResult, Engine, EngineBatch
+from .errors import FileClosedError, InvalidArgumentError, PygdsError
+from .file import File, Lease
+from .memory import BufferView
 
-if TYPE_CHECKING:
-    from .engines.cufile import CuFileHandle
-
-_FINISHED = (abi.CUFILE_COMPLETE, abi.CUFILE_FAILED, abi.CUFILE_CANCELED, abi.CUFILE_TIMEOUT, abi.CUFILE_INVALID)
-
-
-@dataclass
-class BatchResult:
-    """The outcome of one operation: its index in submission order, status, bytes moved or the error."""
-
-    index: int
-    status: str
-    nbytes: int = 0
-    error: BaseException | None = None
+__all__ = ["Batch", "BatchResult"]
 
 
 @dataclass
 class _Op:
     file: File
-    view: object
+    view: BufferView
     size: int
     file_offset: int
     buf_offset: int
@@ -63,10 +43,10 @@ class Batch(Closeable):
         self._ops: list[_Op] = []
         self._results: dict[int, BatchResult] = {}
         self._futures: list[Future] = []
-        self._handle = abi.CUfileBatchHandle_t()
-        self._params: ctypes.Array | None = None
+        self._native: EngineBatch | None = None  # the engine's batch, until it has ended
+        self._native_engine_name: str | None = None  # the engine whose batch API took the submitted batch
         self._submitted = False
-        self._files: list[File] = []  # the files a cuFile batch holds open until it has ended
+        self._leases: list[Lease] = []  # the files an engine's batch holds open until it has ended
         self._lock = threading.RLock()  # `wait`, `cancel`, `close` and a closing file's drain
 
     def _add(self, file: File, buf: object, size: int | None, file_offset: int, buf_offset: int,
@@ -75,7 +55,7 @@ class Batch(Closeable):
             raise InvalidArgumentError("this batch was already submitted; start a new Batch")
         if len(self._ops) >= self.max_ops:
             raise InvalidArgumentError(f"batch is full ({self.max_ops} operations); raise max_ops")
-        _, view, size = file._prepare(buf, size, file_offset, buf_offset, writing=write)
+        view, size = file.check_request(buf, size, file_offset, buf_offset=buf_offset, writing=write)
         self._ops.append(_Op(file, view, size, file_offset, buf_offset, write))
         return len(self._ops) - 1
 
@@ -89,69 +69,62 @@ class Batch(Closeable):
         """Queue a write; returns its index."""
         return self._add(file, buf, size, file_offset, buf_offset, True)
 
+    def _native_engine(self) -> Engine | None:
+        """The engine whose own batch API takes every operation queued, or None."""
+        if not self._ops or any(op.file.closed for op in self._ops):
+            return None
+        names = {op.file.engine for op in self._ops}
+        if len(names) != 1:
+            return None
+        engine = registry.get(names.pop())
+        return engine if all(engine.batch_accepts(op.view) for op in self._ops) else None
+
     @property
-    def uses_cufile(self) -> bool:
-        """cuFile's batch API only for device memory on cuFile files: in compatibility mode its
-        batches into host memory fail intermittently, so those run on the thread pool instead."""
-        return bool(self._ops) and all(not op.file.closed and op.file.engine == "cufile"
-                                       and op.view.kind in ("device", "managed") for op in self._ops)
+    def engine_batch(self) -> str | None:
+        """The engine whose own batch API runs (or would run) these operations, e.g. "cufile"; None
+        when pygds's thread pool does. cuFile's takes device memory only: in compatibility mode its
+        batches into host memory fail intermittently."""
+        if self._submitted:
+            return self._native_engine_name
+        engine = self._native_engine()
+        return engine.name if engine is not None else None
 
     def submit(self) -> None:
         """Start every queued operation."""
         if self._submitted:
             raise InvalidArgumentError("this batch was already submitted")
         self._submitted = True
-        if self.uses_cufile:
-            self._submit_cufile()
+        engine = self._native_engine()
+        if engine is not None:
+            self._submit_native(engine)
         else:
             for op in self._ops:
                 self._futures.append(_pool_op(op))
 
-    def _submit_cufile(self) -> None:
+    def _submit_native(self, engine: Engine) -> None:
         with self._lock:
-            handles: dict[int, CuFileHandle] = {}
+            leases: dict[int, Lease] = {}
             try:
                 for op in self._ops:
-                    if id(op.file) not in handles:
-                        handles[id(op.file)] = op.file._acquire(self._drain)
-                        self._files.append(op.file)
-                self._submit_params(handles)
+                    if id(op.file) not in leases:
+                        leases[id(op.file)] = op.file.lease(self._drain)
+                        self._leases.append(leases[id(op.file)])
+                self._native = engine.submit_batch([
+                    BatchOp(leases[id(op.file)].handle, op.view, op.size, op.file_offset, op.buf_offset, op.write,
+                            op.file.path) for op in self._ops])
+                self._native_engine_name = engine.name
             except BaseException:
                 self._release_files()
                 raise
-
-    def _submit_params(self, handles: dict[int, CuFileHandle]) -> None:
-        lib = cufile()
-        n = len(self._ops)
-        check_status("cuFileBatchIOSetUp", lib.cuFileBatchIOSetUp(ctypes.byref(self._handle), n))
-        params = (abi.CUfileIOParams_t * n)()
-        for i, op in enumerate(self._ops):
-            handle = handles[id(op.file)]
-            base, offset = handle._base(op.view, op.size, op.buf_offset)
-            p = params[i]
-            p.mode = abi.CUFILE_BATCH
-            p.u.batch.devPtr_base = base
-            p.u.batch.file_offset = op.file_offset
-            p.u.batch.devPtr_offset = offset
-            p.u.batch.size = op.size
-            p.fh = handle.handle
-            p.opcode = abi.CUFILE_WRITE if op.write else abi.CUFILE_READ
-            p.cookie = i
-        self._params = params
-        try:
-            check_status("cuFileBatchIOSubmit", lib.cuFileBatchIOSubmit(self._handle, n, params, 0))
-        except PygdsError:
-            self._destroy()
-            raise
 
     def wait(self, timeout: float | None = None) -> list[BatchResult]:
         """Wait for every operation; results in submission order. Unfinished ones at `timeout` say "timeout"."""
         if not self._submitted:
             self.submit()
-        if self._params is not None:
+        if self._native_engine_name is not None:
             with self._lock:
-                if self._handle:
-                    self._wait_cufile(timeout)
+                if self._native is not None:
+                    self._collect(timeout)
         else:
             for i, fut in enumerate(self._futures):
                 if i in self._results:
@@ -164,42 +137,20 @@ class Batch(Closeable):
                     self._results[i] = BatchResult(i, "failed", 0, exc)
         return [self._results.get(i, BatchResult(i, "timeout")) for i in range(len(self._ops))]
 
-    def _wait_cufile(self, timeout: float | None) -> None:
-        lib = cufile()
-        n = len(self._ops)
-        events = (abi.CUfileIOEvents_t * n)()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while len(self._results) < n:
-            nr = ctypes.c_uint(n)
-            wait = abi.timespec(0, 1_000_000)
-            check_status("cuFileBatchIOGetStatus",
-                         lib.cuFileBatchIOGetStatus(self._handle, 0, ctypes.byref(nr), events, ctypes.byref(wait)))
-            for ev in events[: nr.value]:
-                i = int(ev.cookie or 0)
-                if ev.status not in _FINISHED:
-                    continue
-                op = self._ops[i]
-                name = "cuFileBatchIO write" if op.write else "cuFileBatchIO read"
-                try:
-                    nbytes = decode_batch_event(name, ev.status, ev.ret, path=op.file.path)
-                    self._results[i] = BatchResult(i, "complete", nbytes)
-                except PygdsError as exc:
-                    status = "canceled" if ev.status == abi.CUFILE_CANCELED else "failed"
-                    self._results[i] = BatchResult(i, status, 0, exc)
-            if deadline is not None and time.monotonic() > deadline:
-                break
-        if len(self._results) == n:
+    def _collect(self, timeout: float | None) -> None:
+        """The engine batch's results so far (waiting up to `timeout`); it ends once all are in."""
+        assert self._native is not None
+        if self._native.collect(self._results, timeout):
             self._destroy()
 
     def cancel(self) -> None:
         """Cancel what has not completed; `wait()` then reports those as "canceled"."""
-        if self._params is not None:
+        if self._native_engine_name is not None:
             with self._lock:
-                if not self._handle:
+                if self._native is None:
                     return
-                # cuFileBatchIOCancel returns once no request is in flight (so the files may close)
-                check_status("cuFileBatchIOCancel", cufile().cuFileBatchIOCancel(self._handle))
-                self._wait_cufile(0)  # collect what completed before the cancel took effect
+                self._native.cancel()
+                self._native.collect(self._results, 0)  # what completed before the cancel took effect
                 for i in range(len(self._ops)):
                     self._results.setdefault(i, BatchResult(i, "canceled"))
                 self._destroy()
@@ -209,26 +160,27 @@ class Batch(Closeable):
                     self._results[i] = BatchResult(i, "canceled")
 
     def _destroy(self) -> None:
-        if self._handle:
-            cufile().cuFileBatchIODestroy(self._handle)
-            self._handle = abi.CUfileBatchHandle_t()
+        native, self._native = self._native, None
+        if native is not None:
+            native.close()
         self._release_files()
 
     def _release_files(self) -> None:
-        files, self._files = self._files, []
-        for file in files:
-            file._release(self._drain)
+        leases, self._leases = self._leases, []
+        for lease in leases:
+            lease.release()
 
     def _drain(self) -> None:
-        """See every operation of a submitted cuFile batch to its end, then release the batch and
+        """See every operation of a submitted engine batch to its end, then release the batch and
         its files; run by `close()` and by a file's `close()`. The results stay for `wait()`."""
         with self._lock:
-            if not self._handle:
+            if self._native is None:
                 return
             try:
-                self._wait_cufile(None)
+                self._collect(None)
             except PygdsError as exc:  # the status is lost: stop what runs; each unfinished operation fails with why
-                cufile().cuFileBatchIOCancel(self._handle)
+                with contextlib.suppress(PygdsError):
+                    self._native.cancel()
                 for i in range(len(self._ops)):
                     self._results.setdefault(i, BatchResult(i, "failed", 0, exc))
             finally:
@@ -236,7 +188,7 @@ class Batch(Closeable):
 
     def close(self) -> None:
         """Finish the operations submitted (their results stay for `wait()`), then release the
-        cuFile batch."""
+        engine's batch."""
         self._drain()
 
 

@@ -13,24 +13,47 @@ first makes the primary context of the right device current (see `_on_device`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import threading
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
-from . import guard
-from .errors import DriverUnavailableError, InvalidArgumentError, PygdsError
+from ._probe import Check, within
+from .errors import CudaError, DriverUnavailableError, InvalidArgumentError
 
 log = logging.getLogger(__name__)
 
+_DRIVER_TIMEOUT_S = 1.0
 
-class CudaError(PygdsError, RuntimeError):
-    """A CUDA driver call failed: carries the call (`op`), the `CUresult` `code` and its `name`."""
 
-    def __init__(self, op: str, code: int, name: str, detail: str = "") -> None:
-        self.op, self.code, self.name = op, code, name
-        message = f"{op} failed with {name} ({code})"
-        super().__init__(f"{message}: {detail}" if detail else message)
+def _probe_driver() -> Check:
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError as exc:
+        return Check(False, f"the CUDA driver library libcuda.so.1 cannot be loaded ({exc})",
+                     "install the NVIDIA driver (or run on a GPU machine), or use the POSIX engine")
+    rc = cuda.cuInit(0)
+    if rc != 0:
+        return Check(False, f"cuInit failed with CUresult {rc}",
+                     "check that the NVIDIA driver and its kernel module are loaded and a GPU is "
+                     "visible (nvidia-smi), or use the POSIX engine")
+    count = ctypes.c_int(0)
+    rc = cuda.cuDeviceGetCount(ctypes.byref(count))
+    if rc != 0 or count.value < 1:
+        return Check(False, f"no CUDA device is visible (cuDeviceGetCount -> {rc}, {count.value} devices)",
+                     "check CUDA_VISIBLE_DEVICES and nvidia-smi, or use the POSIX engine")
+    return Check(True, f"CUDA driver usable with {count.value} device(s)")
+
+
+@lru_cache(maxsize=1)
+def check_driver() -> Check:
+    """The raw libcuda probe of the never-hang guard: libcuda loads, `cuInit` succeeds and at least
+    one device exists, decided within a second (a hung driver is left behind on its thread)."""
+    return within(_probe_driver, _DRIVER_TIMEOUT_S, "pygds-cuda-probe", Check(
+        False, f"the CUDA driver did not answer cuInit within {_DRIVER_TIMEOUT_S:.0f} s",
+        "check the NVIDIA driver (nvidia-smi), or use the POSIX engine"))
 
 
 _lock = threading.RLock()
@@ -47,7 +70,7 @@ def _import_driver() -> Any:
 
 
 def _probe() -> tuple[bool, str]:
-    check = guard.check_cuda_driver()  # raw libcuda probe with a timeout: never hangs
+    check = check_driver()  # raw libcuda probe with a timeout: never hangs
     if not check.ok:
         return False, check.reason
     try:

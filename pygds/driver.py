@@ -1,344 +1,122 @@
-"""`Driver` (the cuFile driver, opened once per process and reference counted) and `RegisteredBuffer`.
+"""`Driver` (a reference to a GPU-direct engine's process-wide driver) and `RegisteredBuffer`.
 
-cuFile's driver is process-wide state: every `Driver` object is a reference to it, the first one
-opens it (after the never-hang guard says it is safe) and the last `close()` closes it.
-Registered buffers are remembered by address range so that `File` can hand cuFile the registered
-base and an offset for any view inside one, which is what makes reads and writes zero-copy.
+The same on every GPU-direct engine: `Driver(engine=...)` takes a reference to that engine's driver
+(the first reference opens it, after the engine's never-hang guard passes; the last `close()`
+closes it), and `register()` registers memory with it, so that a `File` on that engine hands the
+library the registered base and an offset for any view inside it: zero-copy reads and writes.
 """
 from __future__ import annotations
 
-import atexit
-import ctypes
-import logging
-import threading
-from bisect import bisect_left, bisect_right
-from dataclasses import dataclass, fields
-from typing import Any
-
-from . import _cufile_abi as abi
-from . import guard
-from ._lib import cufile
 from ._lifetime import ClosedWhenCollected
-from .errors import InvalidArgumentError, PygdsError, check_status
-from .memory import BufferView, as_buffer
+from .engines import registry
+from .engines.gds import DriverProperties, GdsDriver, GdsRegisteredBuffer
+from .errors import InvalidArgumentError
+from .memory import BufferView
 
-log = logging.getLogger(__name__)
-
-_lock = threading.RLock()
-
-
-@dataclass(frozen=True)
-class DriverProperties:
-    """`CUfileDrvProps_t` as a readable object."""
-
-    nvfs_major_version: int
-    nvfs_minor_version: int
-    poll_thresh_size_kb: int
-    max_direct_io_size_kb: int
-    dstatusflags: int
-    dcontrolflags: int
-    fflags: int
-    max_device_cache_size_kb: int
-    per_buffer_cache_size_kb: int
-    max_device_pinned_mem_size_kb: int
-    max_batch_io_size: int
-    max_batch_io_timeout_msecs: int
-
-    @property
-    def supported_file_systems(self) -> list[str]:
-        """Names of the `CU_FILE_*_SUPPORTED` status flags that are set."""
-        return [f.name for f in abi.CUfileDriverStatusFlags_t
-                if f.name.endswith("_SUPPORTED") and self.dstatusflags & (1 << f.value)]
-
-    @property
-    def control_flags(self) -> list[str]:
-        """Names of the `CUfileDriverControlFlags_t` flags that are set."""
-        return [f.name for f in abi.CUfileDriverControlFlags_t if self.dcontrolflags & (1 << f.value)]
-
-    @property
-    def feature_flags(self) -> list[str]:
-        """Names of the `CUfileFeatureFlags_t` flags that are set."""
-        return [f.name for f in abi.CUfileFeatureFlags_t if self.fflags & (1 << f.value)]
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        out.update(supported_file_systems=self.supported_file_systems,
-                   control_flags=self.control_flags, feature_flags=self.feature_flags)
-        return out
+__all__ = ["Driver", "DriverProperties", "RegisteredBuffer", "close_shared"]
 
 
-class DriverBase(ClosedWhenCollected):
-    """What cuFile's and hipFile's drivers share: a reference to process-wide driver state, the
-    first reference opening it and the last `close()` closing it; size limits, poll mode and
-    parameters by name. Subclasses name their library (`api`, `_library`), check its status
-    structs, open and close it, and map parameter names."""
+class Driver(ClosedWhenCollected):
+    """A reference to the process-wide driver of a GPU-direct engine; a context manager.
 
-    api = ""
-    _refs = 0
+    `engine` is "cufile", "hipfile" or "auto" (the first usable one, in `pygds.ENGINES` order);
+    None reads `PYGDS_ENGINE`, else "auto". `engine` names the one chosen. It raises
+    `DriverUnavailableError` within a second where the engine would hang or cannot work (for
+    "auto", naming every engine's reason), and `CuFileError` / `HipFileError` when opening fails.
+    """
 
-    @staticmethod
-    def _library() -> Any:
-        raise NotImplementedError
-
-    def _check(self, op: str, status: Any) -> None:
-        raise NotImplementedError
-
-    def _open_driver(self) -> None:
-        raise NotImplementedError
-
-    def _close_driver(self) -> None:
-        raise NotImplementedError
-
-    def _param(self, name: str) -> tuple[str, int]:
-        raise NotImplementedError
-
-    def _parameter_names(self) -> list[str]:
-        raise NotImplementedError
-
-    def __init__(self) -> None:
-        self._open = False
-        cls = type(self)
-        with _lock:
-            if cls._refs == 0:
-                self._open_driver()
-            cls._refs += 1
-            self._open = True
-
-    def _call(self, name: str, *args: Any) -> Any:
-        """`<api><name>(*args)`, e.g. `_call("DriverSetPollMode", ...)` → cuFileDriverSetPollMode."""
-        return getattr(self._library(), self.api + name)(*args)
-
-    def _checked(self, name: str, *args: Any, label: str = "") -> None:
-        self._check(f"{self.api}{name}{label}", self._call(name, *args))
+    def __init__(self, engine: str | None = None) -> None:
+        chosen = registry.gpu_direct_engine(engine)
+        self.engine: str = chosen.name
+        self._driver: GdsDriver = chosen.driver()
 
     @property
     def closed(self) -> bool:
-        return not self._open
+        return self._driver.closed
 
     def close(self) -> None:
         """Drop this reference; the last one closes the driver. Closing twice is harmless."""
-        cls = type(self)
-        with _lock:
-            if not self._open:
-                return
-            self._open = False
-            cls._refs -= 1
-            if cls._refs == 0:
-                self._close_driver()
-                log.debug("%s driver closed", self.api)
+        driver = getattr(self, "_driver", None)  # absent when __init__ failed
+        if driver is not None:
+            driver.close()
 
-    @classmethod
-    def use_count(cls) -> int:
+    def use_count(self) -> int:
         """The reference count the library itself keeps (`cuFileUseCount` / `hipFileUseCount`)."""
-        return int(getattr(cls._library(), cls.api + "UseCount")())
-
-    def set_poll_mode(self, enabled: bool, threshold_kb: int = 4) -> None:
-        self._checked("DriverSetPollMode", bool(enabled), int(threshold_kb))
-
-    def set_max_direct_io_size(self, size_kb: int) -> None:
-        self._checked("DriverSetMaxDirectIOSize", int(size_kb))
-
-    def set_max_cache_size(self, size_kb: int) -> None:
-        self._checked("DriverSetMaxCacheSize", int(size_kb))
-
-    def set_max_pinned_mem_size(self, size_kb: int) -> None:
-        self._checked("DriverSetMaxPinnedMemSize", int(size_kb))
-
-    def get_parameter(self, name: str) -> int | bool | str:
-        """Read a parameter by its C enum name (for cuFile also without the `CUFILE_PARAM_` prefix)."""
-        kind, value = self._param(name)
-        label = f"({name})"
-        if kind == "size_t":
-            out = ctypes.c_size_t()
-            self._checked("GetParameterSizeT", value, ctypes.byref(out), label=label)
-            return int(out.value)
-        if kind == "bool":
-            flag = ctypes.c_bool()
-            self._checked("GetParameterBool", value, ctypes.byref(flag), label=label)
-            return bool(flag.value)
-        text = ctypes.create_string_buffer(4096)
-        self._checked("GetParameterString", value, text, len(text), label=label)
-        return text.value.decode(errors="replace")
-
-    def set_parameter(self, name: str, value: int | bool | str) -> None:
-        """Set a parameter by name; most take effect only when the driver next opens."""
-        kind, enum_value = self._param(name)
-        label = f"({name})"
-        if kind == "size_t":
-            self._checked("SetParameterSizeT", enum_value, int(value), label=label)
-        elif kind == "bool":
-            self._checked("SetParameterBool", enum_value, bool(value), label=label)
-        else:
-            self._checked("SetParameterString", enum_value, str(value).encode(), label=label)
-
-    def parameters(self) -> dict[str, int | bool | str]:
-        """Every parameter by name, or why it cannot be read."""
-        out: dict[str, int | bool | str] = {}
-        for name in self._parameter_names():
-            try:
-                out[name] = self.get_parameter(name)
-            except PygdsError as exc:
-                out[name] = f"unavailable: {exc}"
-        return out
-
-
-_CUFILE_PARAMETER_ENUMS = (("size_t", abi.CUFileSizeTConfigParameter_t), ("bool", abi.CUFileBoolConfigParameter_t),
-                           ("string", abi.CUFileStringConfigParameter_t))
-
-
-class Driver(DriverBase):
-    """A reference to the process-wide cuFile driver; a context manager.
-
-    `Driver()` opens the driver if no other reference holds it open. It raises
-    `DriverUnavailableError` within a second where cuFile would hang or cannot work
-    (see `pygds.guard`), and `CuFileError` when `cuFileDriverOpen` fails.
-    """
-
-    api = "cuFile"
-    _refs = 0
-
-    @staticmethod
-    def _library() -> Any:
-        return cufile()
-
-    def _check(self, op: str, status: Any) -> None:
-        check_status(op, status)
-
-    def _open_driver(self) -> None:
-        guard.ensure_cufile_safe()
-        self._checked("DriverOpen")
-        log.debug("cuFile driver opened (libcufile %s)", cufile().version_string)
-
-    def _close_driver(self) -> None:
-        lib = cufile()
-        close = lib.cuFileDriverClose_v2 if lib.has("cuFileDriverClose_v2") else lib.cuFileDriverClose
-        check_status("cuFileDriverClose", close())
-
-    def _param(self, name: str) -> tuple[str, int]:
-        full = name if name.startswith("CUFILE_PARAM_") else "CUFILE_PARAM_" + name.upper()
-        for kind, enum in _CUFILE_PARAMETER_ENUMS:
-            if full in enum.__members__:
-                return kind, int(enum[full])
-        raise InvalidArgumentError(f"unknown cuFile parameter {name!r}; known: CUFILE_PARAM_* names of cufile.h")
-
-    def _parameter_names(self) -> list[str]:
-        return [member.name for _, enum in _CUFILE_PARAMETER_ENUMS for member in enum]
+        return self._driver.use_count()
 
     @property
     def properties(self) -> DriverProperties:
-        props = abi.CUfileDrvProps_t()
-        self._checked("DriverGetProperties", ctypes.byref(props))
-        n = props.nvfs
-        return DriverProperties(
-            n.major_version, n.minor_version, n.poll_thresh_size, n.max_direct_io_size,
-            n.dstatusflags, n.dcontrolflags, props.fflags, props.max_device_cache_size,
-            props.per_buffer_cache_size, props.max_device_pinned_mem_size,
-            props.max_batch_io_size, props.max_batch_io_timeout_msecs)
+        """The driver's properties (`cuFileDriverGetProperties`; hipFile does not implement it)."""
+        return self._driver.properties
 
-    def register(self, buf: object, nbytes: int | None = None, flags: int = 0) -> RegisteredBuffer:
-        """Register `buf` with cuFile for the lifetime of the returned object."""
-        return RegisteredBuffer(buf, nbytes, flags=flags, driver=self)
+    def set_poll_mode(self, enabled: bool, threshold_kb: int = 4) -> None:
+        self._driver.set_poll_mode(enabled, threshold_kb)
+
+    def set_max_direct_io_size(self, size_kb: int) -> None:
+        self._driver.set_max_direct_io_size(size_kb)
+
+    def set_max_cache_size(self, size_kb: int) -> None:
+        self._driver.set_max_cache_size(size_kb)
+
+    def set_max_pinned_mem_size(self, size_kb: int) -> None:
+        self._driver.set_max_pinned_mem_size(size_kb)
+
+    def get_parameter(self, name: str) -> int | bool | str:
+        """A parameter by its C enum name (for cuFile also without the `CUFILE_PARAM_` prefix)."""
+        return self._driver.get_parameter(name)
+
+    def set_parameter(self, name: str, value: int | bool | str) -> None:
+        """Set a parameter by name; most take effect only when the driver next opens."""
+        self._driver.set_parameter(name, value)
+
+    def parameters(self) -> dict[str, int | bool | str]:
+        """Every parameter by name, or why it cannot be read."""
+        return self._driver.parameters()
 
     def parameter_range(self, name: str) -> tuple[int, int]:
-        """`cuFileGetParameterMinMaxValue` for a size_t parameter."""
-        kind, value = self._param(name)
-        if kind != "size_t":
-            raise InvalidArgumentError(f"{name} is a {kind} parameter; only size_t parameters have a range")
-        lo, hi = ctypes.c_size_t(), ctypes.c_size_t()
-        self._checked("GetParameterMinMaxValue", value, ctypes.byref(lo), ctypes.byref(hi), label=f"({name})")
-        return int(lo.value), int(hi.value)
+        """(min, max) of a size_t parameter (`cuFileGetParameterMinMaxValue`)."""
+        return self._driver.parameter_range(name)
+
+    def register(self, buf: object, nbytes: int | None = None, flags: int = 0) -> RegisteredBuffer:
+        """Register `buf` with this driver's engine for the lifetime of the returned object."""
+        return RegisteredBuffer(buf, nbytes, flags=flags, driver=self)
+
+    def __repr__(self) -> str:
+        return f"<pygds.Driver {self.engine}{' closed' if self.closed else ''}>"
 
 
-_shared: Driver | None = None
+class RegisteredBuffer(ClosedWhenCollected):
+    """Memory registered with a GPU-direct engine until `close()`; a context manager.
 
-
-def shared() -> Driver:
-    """The driver reference that files hold: opened on first use, closed at interpreter exit.
-
-    Opening cuFile's driver costs a few hundred milliseconds, so files do not open and close it
-    one by one (as KvikIO does); an explicit `Driver()` still counts as its own reference.
-    """
-    global _shared
-    with _lock:
-        if _shared is None or _shared.closed:
-            _shared = Driver()
-            atexit.register(_shared.close)
-        return _shared
-
-
-def close_shared() -> None:
-    """Drop the files' shared reference now (it reopens on the next cuFile file).
-
-    Call it only when no cuFile `File` is open, e.g. before handing the process's cuFile state to
-    raw `libcufile` calls or before a fork.
-    """
-    global _shared
-    with _lock:
-        if _shared is not None:
-            _shared.close()
-            _shared = None
-
-
-class Registry:
-    """Address ranges of registered buffers, to find the registration that holds a view.
-
-    Every read and write looks a view up here, so lookups take no lock: `add` and `remove`
-    (under a lock) replace `ranges`, one immutable (sorted starts, ends) pair, which a lookup
-    reads in one step.
+    Any `File` read or write on that engine into memory inside this range passes the registered
+    base and an offset, so no bounce buffer is involved. Without `driver` it takes its own
+    reference to the driver of `engine` (as for `Driver`), dropped on `close()`.
     """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.ranges: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
-
-    def add(self, start: int, end: int) -> None:
-        with self._lock:
-            starts, ends = self.ranges
-            i = bisect_left(starts, start)
-            self.ranges = (starts[:i] + (start,) + starts[i:], ends[:i] + (end,) + ends[i:])
-
-    def remove(self, start: int) -> None:
-        with self._lock:
-            starts, ends = self.ranges
-            i = bisect_left(starts, start)
-            if i < len(starts) and starts[i] == start:
-                self.ranges = (starts[:i] + starts[i + 1:], ends[:i] + ends[i + 1:])
-
-    def find(self, ptr: int, nbytes: int) -> int | None:
-        """The registered base holding [ptr, ptr + nbytes), or None."""
-        starts, ends = self.ranges
-        i = bisect_right(starts, ptr) - 1
-        if i >= 0 and ptr + nbytes <= ends[i]:
-            return starts[i]
-        return None
-
-
-registry = Registry()
-
-
-class RegisteredBufferBase(ClosedWhenCollected):
-    """Memory registered with the library's `BufRegister` until `close()`; a context manager.
-
-    Any read or write into memory inside the range passes the registered base and an offset, so
-    no bounce buffer is involved. Subclasses name their driver class and registry.
-    """
-
-    driver_class: type[DriverBase] = DriverBase
-    registry: Registry
-
-    def __init__(self, buf: object, nbytes: int | None = None, *, flags: int = 0,
-                 driver: DriverBase | None = None) -> None:
-        self.view: BufferView = as_buffer(buf, nbytes)
-        self._registered = False
-        self._own_driver = self.driver_class() if driver is None else None
-        self._driver = driver or self._own_driver
+    def __init__(self, buf: object, nbytes: int | None = None, *, flags: int = 0, driver: Driver | None = None,
+                 engine: str | None = None) -> None:
+        self._registration: GdsRegisteredBuffer | None = None
+        self._own_driver: Driver | None = None
+        if driver is not None and engine and registry.requested_engine(engine) not in ("auto", driver.engine):
+            raise InvalidArgumentError(f"engine {engine!r} differs from the engine of the driver given "
+                                       f"({driver.engine!r}); pass one of them")
+        if driver is None:
+            driver = self._own_driver = Driver(engine)
+        self.driver = driver
         try:
-            self._driver._checked("BufRegister", ctypes.c_void_p(self.view.ptr), self.view.nbytes, flags)
+            self._registration = driver._driver.register(buf, nbytes, flags)
         except BaseException:
             self.close()
             raise
-        self._registered = True
-        self.registry.add(self.view.ptr, self.view.ptr + self.view.nbytes)
+        self.view: BufferView = self._registration.view
+
+    @property
+    def engine(self) -> str:
+        return self.driver.engine
+
+    @property
+    def closed(self) -> bool:
+        return self._registration is None
 
     @property
     def ptr(self) -> int:
@@ -350,21 +128,23 @@ class RegisteredBufferBase(ClosedWhenCollected):
 
     def close(self) -> None:
         """Deregister (once) and drop the driver reference this buffer took."""
-        if self._registered:
-            self._registered = False
-            self.registry.remove(self.view.ptr)
-            self._driver._checked("BufDeregister", ctypes.c_void_p(self.view.ptr))
-        if self._own_driver is not None:
-            self._own_driver.close()
-            self._own_driver = None
+        registration, self._registration = getattr(self, "_registration", None), None
+        try:
+            if registration is not None:
+                registration.close()
+        finally:
+            own, self._own_driver = getattr(self, "_own_driver", None), None
+            if own is not None:
+                own.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.nbytes} bytes at {self.ptr:#x}"
+        return f"<pygds.RegisteredBuffer {self.engine} {state}>"
 
 
-class RegisteredBuffer(RegisteredBufferBase):
-    """Memory registered with `cuFileBufRegister` until `close()`; a context manager.
-
-    Any `File` read or write into memory inside this range passes the registered base and an
-    offset to cuFile, so no bounce buffer is involved.
-    """
-
-    driver_class = Driver
-    registry = registry
+def close_shared() -> None:
+    """Drop the driver references files share (cuFile keeps one open until exit; it reopens on the
+    next file). Call it only when no GPU-direct `File` is open, e.g. before handing the process's
+    cuFile state to raw `libcufile` calls or before a fork."""
+    for engine in registry.all_engines():
+        engine.close_shared()

@@ -5,7 +5,10 @@ here: a `CUfileError_t` status (`check_status`), a read/write return value that 
 errno, or a negative `CUfileOpError` (`decode_io_result`), and a batch event whose `size_t ret`
 holds a negative value (`decode_batch_event`). hipFile uses the same numbers under its own names
 and a `hipError_t` instead of a `CUresult`: `check_hipfile_status` and `HipFileError`, and
-`decode_io_result(..., error=HipFileError)` for its reads and writes.
+`decode_io_result(..., error=HipFileError)` for its reads and writes. One mechanism serves both
+libraries: an `OpErrorTable` (names, header strings, explanations) per library, and
+`LibraryCallError`, the base of `CuFileError` and `HipFileError`. The GPU runtimes' own failures
+are `CudaError` and `HipError`.
 """
 from __future__ import annotations
 
@@ -50,6 +53,23 @@ class UnsupportedBufferError(PygdsError, TypeError):
 
 class FileClosedError(PygdsError, ValueError):
     """I/O on a file or handle that was closed."""
+
+
+class GpuRuntimeError(PygdsError, RuntimeError):
+    """A GPU runtime call failed: carries the call (`op`), the runtime's error `code` and its `name`."""
+
+    def __init__(self, op: str, code: int, name: str, detail: str = "") -> None:
+        self.op, self.code, self.name = op, code, name
+        message = f"{op} failed with {name} ({code})"
+        super().__init__(f"{message}: {detail}" if detail else message)
+
+
+class CudaError(GpuRuntimeError):
+    """A CUDA driver call (through cuda-python) failed with a `CUresult`."""
+
+
+class HipError(GpuRuntimeError):
+    """A HIP runtime call (through hip-python) failed with a `hipError_t`."""
 
 
 # --- CUDA driver error names -------------------------------------------------------------------
@@ -109,9 +129,33 @@ def cuda_error_name(code: int) -> str:
     return CURESULT_NAMES.get(code, f"CUDA error {code}")
 
 
-# --- cuFile status codes ---------------------------------------------------------------------
-_HEADER_STRINGS: dict[int, str] = {code: text for code, _, text in abi.CUFILEOP_STATUS_ENTRIES}
-_NAMES: dict[int, str] = {code: name for code, name, _ in abi.CUFILEOP_STATUS_ENTRIES}
+# --- library status codes --------------------------------------------------------------------
+class OpErrorTable:
+    """One library's operation error codes: code -> name, header string and explanation.
+
+    `entries` are the (code, name, header string) triples of the ABI module; `unknown_name`
+    formats the name of a code the header does not define, `unknown` explains it.
+    """
+
+    def __init__(self, entries: tuple[tuple[int, str, str], ...], explanations: dict[int, str], *,
+                 unknown_name: str, unknown: str) -> None:
+        self.names = {code: name for code, name, _ in entries}
+        self.strings = {code: text for code, _, text in entries}
+        self.explanations = explanations
+        self._unknown_name, self._unknown = unknown_name, unknown
+
+    def name(self, code: int) -> str:
+        """The name of `code` (sign ignored)."""
+        code = abs(code)
+        return self.names.get(code) or self._unknown_name.format(code=code)
+
+    def explain(self, code: int) -> str:
+        """The header's description plus the likely cause and fix of `code` (sign ignored)."""
+        code = abs(code)
+        if code not in self.names:
+            return self._unknown.format(code=code)
+        return f"{self.strings[code]}: {self.explanations[code]}"
+
 
 _POSIX_FALLBACK = "or use engine='auto' (falls back to POSIX) or engine='posix'"
 
@@ -236,38 +280,57 @@ EXPLANATIONS: dict[int, str] = {
 }
 
 
-def error_name(code: int) -> str:
-    """The CUfileOpError name of `code` (sign ignored), or "CU_FILE_UNKNOWN_ERROR_<code>"."""
-    code = abs(code)
-    return _NAMES.get(code, f"CU_FILE_UNKNOWN_ERROR_{code}")
+CUFILE_CODES = OpErrorTable(
+    abi.CUFILEOP_STATUS_ENTRIES, EXPLANATIONS, unknown_name="CU_FILE_UNKNOWN_ERROR_{code}",
+    unknown="{code} is not a CUfileOpError code of cufile.h in libcufile 1.20; a newer libcufile may define it. "
+            "See cufile.log next to the program (or CUFILE_LOGFILE_PATH) for details.")
+error_name = CUFILE_CODES.name
+explain = CUFILE_CODES.explain
 
 
-def explain(code: int) -> str:
-    """Header description plus a human explanation with the likely cause and fix of a cuFile code."""
-    code = abs(code)
-    if code not in _NAMES:
-        return (f"{code} is not a CUfileOpError code of cufile.h in libcufile 1.20; a newer libcufile may "
-                "define it. See cufile.log next to the program (or CUFILE_LOGFILE_PATH) for details.")
-    return f"{_HEADER_STRINGS[code]}: {EXPLANATIONS[code]}"
+class LibraryCallError(PygdsError):
+    """A cuFile or hipFile call failed with an operation error code, and for some codes a GPU runtime
+    error. Subclasses name their code table, runtime (`runtime`, `runtime_name`) and the attribute
+    names under which the runtime error is kept."""
 
+    codes: OpErrorTable
+    runtime = ""
 
-class CuFileError(PygdsError):
-    """A cuFile call failed with a CUfileOpError code (and, for 5011, a CUDA driver error)."""
+    @staticmethod
+    def runtime_name(code: int) -> str:
+        raise NotImplementedError
 
-    def __init__(self, op: str, code: int, cu_err: int = 0, *, path: str | None = None) -> None:
+    def __init__(self, op: str, code: int, runtime_err: int = 0, *, path: str | None = None) -> None:
         self.op = op
         self.code = abs(int(code))
-        self.name = error_name(self.code)
-        self.explanation = explain(self.code)
-        self.cu_err = int(cu_err)
-        self.cu_err_name = cuda_error_name(self.cu_err) if self.cu_err else None
+        self.name = self.codes.name(self.code)
+        self.explanation = self.codes.explain(self.code)
+        self.runtime_err = int(runtime_err)
+        self.runtime_err_name = self.runtime_name(self.runtime_err) if self.runtime_err else None
         self.path = path
         where = f" on {path}" if path else ""
-        cuda = f" CUDA error: {self.cu_err_name} ({self.cu_err})." if self.cu_err else ""
-        super().__init__(f"{op} failed{where}: {self.name} ({self.code}): {self.explanation}{cuda}")
+        runtime = (f" {self.runtime} error: {self.runtime_err_name} ({self.runtime_err})."
+                   if self.runtime_err else "")
+        super().__init__(f"{op} failed{where}: {self.name} ({self.code}): {self.explanation}{runtime}")
 
     def __reduce__(self) -> tuple:
-        return _rebuild, (CuFileError, (self.op, self.code, self.cu_err), {"path": self.path})
+        return _rebuild, (type(self), (self.op, self.code, self.runtime_err), {"path": self.path})
+
+
+class CuFileError(LibraryCallError):
+    """A cuFile call failed with a CUfileOpError code (and, for 5011, a CUDA driver error: `cu_err`)."""
+
+    codes = CUFILE_CODES
+    runtime = "CUDA"
+    runtime_name = staticmethod(cuda_error_name)
+
+    @property
+    def cu_err(self) -> int:
+        return self.runtime_err
+
+    @property
+    def cu_err_name(self) -> str | None:
+        return self.runtime_err_name
 
 
 # --- hipFile status codes --------------------------------------------------------------------
@@ -307,8 +370,6 @@ def hip_error_name(code: int) -> str:
     return HIP_ERROR_NAMES.get(code, f"HIP error {code}")
 
 
-_HIPFILE_STRINGS: dict[int, str] = {code: text for code, _, text in hip_abi.HIPFILE_OP_ERRORS}
-_HIPFILE_NAMES: dict[int, str] = {code: name for code, name, _ in hip_abi.HIPFILE_OP_ERRORS}
 _AIS_CHECK = "run /opt/rocm/bin/ais-check (or `pygds info`) to see which part of the AIS stack is missing"
 
 #: hipFileOpError code -> what it usually means with hipFile on ROCm and what to do about it.
@@ -390,38 +451,28 @@ HIPFILE_EXPLANATIONS: dict[int, str] = {
 }
 
 
-def hipfile_error_name(code: int) -> str:
-    """The hipFileOpError name of `code` (sign ignored), or "hipFileUnknownError<code>"."""
-    code = abs(code)
-    return _HIPFILE_NAMES.get(code, f"hipFileUnknownError{code}")
+HIPFILE_CODES = OpErrorTable(
+    hip_abi.HIPFILE_OP_ERRORS, HIPFILE_EXPLANATIONS, unknown_name="hipFileUnknownError{code}",
+    unknown="{code} is not a hipFileOpError code of hipfile.h; a newer libhipfile may define it. "
+            "See syslog for hipFile's messages.")
+hipfile_error_name = HIPFILE_CODES.name
+explain_hipfile = HIPFILE_CODES.explain
 
 
-def explain_hipfile(code: int) -> str:
-    """hipFileGetOpErrorString's text plus the likely cause and fix of a hipFile code."""
-    code = abs(code)
-    if code not in _HIPFILE_NAMES:
-        return (f"{code} is not a hipFileOpError code of hipfile.h; a newer libhipfile may define it. "
-                "See syslog for hipFile's messages.")
-    return f"{_HIPFILE_STRINGS[code]}: {HIPFILE_EXPLANATIONS[code]}"
+class HipFileError(LibraryCallError):
+    """A hipFile call failed with a hipFileOpError code (and, for 5011, a HIP runtime error: `hip_err`)."""
 
+    codes = HIPFILE_CODES
+    runtime = "HIP"
+    runtime_name = staticmethod(hip_error_name)
 
-class HipFileError(PygdsError):
-    """A hipFile call failed with a hipFileOpError code (and, for 5011, a HIP runtime error)."""
+    @property
+    def hip_err(self) -> int:
+        return self.runtime_err
 
-    def __init__(self, op: str, code: int, hip_err: int = 0, *, path: str | None = None) -> None:
-        self.op = op
-        self.code = abs(int(code))
-        self.name = hipfile_error_name(self.code)
-        self.explanation = explain_hipfile(self.code)
-        self.hip_err = int(hip_err)
-        self.hip_err_name = hip_error_name(self.hip_err) if self.hip_err else None
-        self.path = path
-        where = f" on {path}" if path else ""
-        hip = f" HIP error: {self.hip_err_name} ({self.hip_err})." if self.hip_err else ""
-        super().__init__(f"{op} failed{where}: {self.name} ({self.code}): {self.explanation}{hip}")
-
-    def __reduce__(self) -> tuple:
-        return _rebuild, (HipFileError, (self.op, self.code, self.hip_err), {"path": self.path})
+    @property
+    def hip_err_name(self) -> str | None:
+        return self.runtime_err_name
 
 
 #: errno -> what it means for a read or write, and what to do; the one home of this advice.

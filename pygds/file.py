@@ -1,4 +1,4 @@
-"""`File`: GPU or host memory to and from a file, through cuFile or the POSIX engine.
+"""`File`: GPU or host memory to and from a file, through a GPU-direct engine (cuFile, hipFile) or POSIX.
 
 Opened by path and mode, registered once, closed explicitly (or by `with`). `read`/`write` move
 bytes synchronously and return the count; `pread`/`pwrite` return futures. Requests larger than
@@ -21,10 +21,10 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from . import guard, pool
+from . import pool
 from ._lifetime import ClosedWhenCollected
+from .engines import registry
 from .engines.base import EngineHandle
-from .engines.posix import PosixHandle
 from .errors import (
     FileClosedError,
     InvalidArgumentError,
@@ -33,8 +33,7 @@ from .errors import (
     errno_advice,
 )
 from .memory import BufferView, as_buffer
-from .stream import StreamIO
-from .stream import submit as stream_submit
+from .stream import StreamIO, stream_handle
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,6 @@ _MODES = {  # as `open` documents them; "+" adds the other direction
 }
 _APPEND_MODES = ("a", "a+")
 _MAX_OFFSET = (1 << 63) - 1
-_GDS_APIS = {"cufile": "cuFile", "hipfile": "hipFile"}  # the GPU-direct engines, by engine name
 _FAST_OFFSET_END = 1 << 62  # below it no request of one task can overflow a file offset
 
 
@@ -83,17 +81,6 @@ def _is_a_directory(path: str, mode: str) -> IsADirectoryError:
                                            "path of a file (e.g. a file inside that directory)", path)
 
 
-def _gds_handle_class(engine: str) -> type[EngineHandle]:
-    """The handle class of a GPU-direct engine, imported only when that engine is chosen."""
-    if engine == "cufile":
-        from .engines.cufile import CuFileHandle
-
-        return CuFileHandle
-    from .engines.hipfile import HipFileHandle
-
-    return HipFileHandle
-
-
 class File(ClosedWhenCollected):
     """A file for GPU-direct (or POSIX) I/O, always binary, read and written at explicit offsets.
 
@@ -102,9 +89,9 @@ class File(ClosedWhenCollected):
     "w+", "x+"). Reading a file opened "w" or "x", or writing one opened "r", raises
     `IOFailedError` (EBADF). Append ("a") is refused: every write names its `file_offset`, so
     there is no end to append at; open with "r+" and write at `f.size()`. `engine` is "auto"
-    (cuFile when it works, else POSIX, the reason logged once), "cufile", "hipfile" or "posix";
-    `PYGDS_ENGINE` sets the default. `direct=True` opens with `O_DIRECT` (unaligned offsets and
-    sizes still work).
+    (the first GPU-direct engine that works here, in `pygds.ENGINES` order, else POSIX, the reason
+    logged once), "cufile", "hipfile" or "posix"; `PYGDS_ENGINE` sets the default. `direct=True`
+    opens with `O_DIRECT` (unaligned offsets and sizes still work).
 
     `close()` (or the end of a `with` block, or garbage collection) first finishes every transfer
     still running or queued on this file: futures, batches and stream-ordered I/O included; the
@@ -145,19 +132,20 @@ class File(ClosedWhenCollected):
             raise
 
     def _open_engine(self, engine: str | None) -> EngineHandle:
-        choice = guard.choose_engine(engine)
-        requested = guard.requested_engine(engine)
-        fd = self.direct_fd if self.direct_fd is not None else self.fd
-        if choice.name in _GDS_APIS:
-            try:
-                return _gds_handle_class(choice.name)(fd, self.path)
-            except PygdsError as exc:
-                if requested != "auto":
-                    raise
-                guard.log_fallback_once(f"{_GDS_APIS[choice.name]} failed on {self.path}: {exc}")
-        elif requested == "auto":
-            guard.log_fallback_once(choice.reason)
-        return PosixHandle(self.fd, self.direct_fd)
+        """The chosen engine's handle; under `auto` a GPU-direct engine that fails to open this file
+        gives way to the POSIX fallback, the reason logged once."""
+        requested = registry.requested_engine(engine)
+        choice = registry.choose_engine(engine)
+        chosen = registry.get(choice.name)
+        if requested != "auto" or not chosen.gpu_direct:
+            if requested == "auto":
+                registry.log_fallback_once(choice.reason)
+            return chosen.open(self.fd, self.direct_fd, self.path)
+        try:
+            return chosen.open(self.fd, self.direct_fd, self.path)
+        except PygdsError as exc:
+            registry.log_fallback_once(f"{chosen.label} failed on {self.path}: {exc}")
+        return registry.get(registry.FALLBACK).open(self.fd, self.direct_fd, self.path)
 
     @property
     def engine(self) -> str:
@@ -211,11 +199,21 @@ class File(ClosedWhenCollected):
         with self._lock:
             self._idle.notify_all()
 
+    def lease(self, drain: Callable[[], None] | None = None) -> Lease:
+        """Hold this file open for work that outlives the call starting it (`Batch`, stream-ordered
+        I/O), until `Lease.release()`; `FileClosedError` once closing.
+
+        `close()` waits for every lease to be released, first running its `drain` (which must see
+        the holder's work to its end) on the closing thread, so it never waits on work nobody runs.
+        """
+        return Lease(self, self._acquire(drain), drain)
+
     # -- argument checks -----------------------------------------------------------------
-    def _prepare(self, buf: object, size: int | None, file_offset: int, buf_offset: int,
-                 *, writing: bool) -> tuple[EngineHandle, BufferView, int]:
-        handle = self._handle
-        if handle is None:
+    def check_request(self, buf: object, size: int | None = None, file_offset: int = 0, *, buf_offset: int = 0,
+                      writing: bool = False) -> tuple[BufferView, int]:
+        """The buffer view and size of a read (or, `writing`, a write) as `read`/`write` take them,
+        checked against this file's mode and the buffer; every bad argument raises naming it."""
+        if self._handle is None:
             raise FileClosedError(f"I/O on closed file {self.path}; open a new pygds.File")
         if writing and not self._writable:
             raise IOFailedError(errno.EBADF, f"cannot write to {self.path}: it was opened read-only "
@@ -241,7 +239,7 @@ class File(ClosedWhenCollected):
             raise InvalidArgumentError(f"file_offset {file_offset} + size {size} overflows a 64-bit file offset")
         if not writing and view.readonly:
             raise InvalidArgumentError("cannot read into a read-only buffer (bytes?); pass a bytearray or tensor")
-        return handle, view, size
+        return view, size
 
     # -- synchronous ------------------------------------------------------------------------
     def read(self, buf: object, size: int | None = None, file_offset: int = 0, *, buf_offset: int = 0) -> int:
@@ -251,7 +249,7 @@ class File(ClosedWhenCollected):
         try:
             handle = self._handle
             # The small-request fast path: a BufferView, plain ints, one task; the same checks as
-            # `_prepare`, which every other call goes through.
+            # `check_request`, which every other call goes through.
             if (type(buf) is BufferView and type(size) is type(file_offset) is type(buf_offset) is int
                     and handle is not None and 0 < size and (size <= pool.MIN_TASK_SIZE or size <= pool.task_size())
                     and 0 <= file_offset < _FAST_OFFSET_END and self._readable
@@ -265,8 +263,8 @@ class File(ClosedWhenCollected):
                 if done == size or done <= 0:
                     return done
                 return _read_full(handle, buf, size, file_offset, buf_offset, self.path, done)
-            handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=False)
-            return self._transfer(handle, view, size, file_offset, buf_offset, writing=False)
+            view, size = self.check_request(buf, size, file_offset, buf_offset=buf_offset, writing=False)
+            return self._transfer(self._live(), view, size, file_offset, buf_offset, writing=False)
         finally:
             active.pop()
             if self._handle is None:
@@ -283,8 +281,8 @@ class File(ClosedWhenCollected):
                     and 0 <= file_offset < _FAST_OFFSET_END and 0 <= buf_offset and buf_offset + size <= buf.nbytes
                     and self._writable):  # `read`'s fast path, for writing
                 return _write_full(handle, buf, size, file_offset, buf_offset, self.path)
-            handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=True)
-            return self._transfer(handle, view, size, file_offset, buf_offset, writing=True)
+            view, size = self.check_request(buf, size, file_offset, buf_offset=buf_offset, writing=True)
+            return self._transfer(self._live(), view, size, file_offset, buf_offset, writing=True)
         finally:
             active.pop()
             if self._handle is None:
@@ -294,7 +292,7 @@ class File(ClosedWhenCollected):
                   *, writing: bool) -> int:
         """A whole synchronous transfer for a caller already counted in `_active`: inline when it
         is one task, else split with the calling thread working through the pieces too."""
-        if pool.inline(size) or (writing and self._serial_write(handle, view)):
+        if pool.inline(size) or (writing and handle.whole_writes(view)):
             full = _write_full if writing else _read_full
             return full(handle, view, size, file_offset, buf_offset, self.path)
         request = self._request(handle, view, size, file_offset, buf_offset, writing=writing)
@@ -312,17 +310,11 @@ class File(ClosedWhenCollected):
     def _submit(self, buf: object, size: int | None, file_offset: int, buf_offset: int, *, writing: bool) -> Future:
         """A request on the pool, counted from here until its last piece ends; its pieces hold this
         `File`, so the file outlives them even when the caller drops it at once."""
-        handle, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=writing)
-        request = self._request(handle, view, size, file_offset, buf_offset, writing=writing)
+        view, size = self.check_request(buf, size, file_offset, buf_offset=buf_offset, writing=writing)
+        request = self._request(self._live(), view, size, file_offset, buf_offset, writing=writing)
         request.finish = lambda: self._release(request.work)
         self._acquire(request.work)
         return request.start(caller_helps=False)
-
-    def _serial_write(self, handle: EngineHandle, view: BufferView) -> bool:
-        """Buffered POSIX writes from host memory go in one call: local Linux file systems (ext4,
-        XFS, btrfs) hold the inode lock through a buffered write, so split tasks would only queue
-        for it and add their own cost (measured in BENCHMARKS.md)."""
-        return self.direct_fd is None and handle.engine == "posix" and view.kind != "device"
 
     def _request(self, handle: EngineHandle, view: BufferView, size: int, file_offset: int, buf_offset: int,
                  *, writing: bool) -> pool.Request:
@@ -332,21 +324,22 @@ class File(ClosedWhenCollected):
         def part(start: int, n: int) -> int:
             return full(handle, view, n, file_offset + start, buf_offset + start, path)
 
-        step = max(size, 1) if writing and self._serial_write(handle, view) else None
+        step = max(size, 1) if writing and handle.whole_writes(view) else None
         return pool.Request(part, size, step=step)
 
     # -- stream-ordered ---------------------------------------------------------------------
     def read_async(self, buf: object, size: int | None = None, file_offset: int = 0, *, buf_offset: int = 0,
                    stream: object = None) -> StreamIO:
-        """Stream-ordered read (`cuFileReadAsync`); `wait()` on the result gives the byte count."""
-        _, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=False)
-        return stream_submit(self, view, size, file_offset, buf_offset, stream, write=False)
+        """Stream-ordered read (the engine's own, e.g. `cuFileReadAsync`, else the stream synchronized
+        and a threaded read); `wait()` on the result gives the byte count."""
+        view, size = self.check_request(buf, size, file_offset, buf_offset=buf_offset, writing=False)
+        return StreamIO.start(self, view, size, file_offset, buf_offset, stream_handle(stream), write=False)
 
     def write_async(self, buf: object, size: int | None = None, file_offset: int = 0, *, buf_offset: int = 0,
                     stream: object = None) -> StreamIO:
-        """Stream-ordered write (`cuFileWriteAsync`); `wait()` on the result gives the byte count."""
-        _, view, size = self._prepare(buf, size, file_offset, buf_offset, writing=True)
-        return stream_submit(self, view, size, file_offset, buf_offset, stream, write=True)
+        """Stream-ordered write (as `read_async`); `wait()` on the result gives the byte count."""
+        view, size = self.check_request(buf, size, file_offset, buf_offset=buf_offset, writing=True)
+        return StreamIO.start(self, view, size, file_offset, buf_offset, stream_handle(stream), write=True)
 
     # -- lifetime ---------------------------------------------------------------------------
     def fsync(self) -> None:
@@ -392,6 +385,26 @@ class File(ClosedWhenCollected):
     def __repr__(self) -> str:
         state = "closed" if self.closed else self.engine
         return f"<pygds.File {self.path!r} mode={self.mode!r} {state}{' O_DIRECT' if self.direct else ''}>"
+
+
+class Lease:
+    """One holder of a `File` (from `File.lease()` until `release()`): its engine handle stays open
+    and its descriptors unclosed meanwhile."""
+
+    __slots__ = ("file", "handle", "_drain", "_held")
+
+    def __init__(self, file: File, handle: EngineHandle, drain: Callable[[], None] | None) -> None:
+        self.file, self.handle, self._drain, self._held = file, handle, drain, True
+
+    def transfer(self, view: BufferView, size: int, file_offset: int, buf_offset: int, *, writing: bool) -> int:
+        """A whole synchronous transfer of checked arguments, as `File.read`/`write` do it."""
+        return self.file._transfer(self.handle, view, size, file_offset, buf_offset, writing=writing)
+
+    def release(self) -> None:
+        """Let the file close; releasing twice is harmless."""
+        if self._held:
+            self._held = False
+            self.file._release(self._drain)
 
 
 def _os_failure(exc: OSError, op: str, path: str, done: int, size: int, file_offset: int) -> IOFailedError:

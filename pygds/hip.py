@@ -1,37 +1,83 @@
 """Thin helpers over hip-python: availability, devices, pointer attributes, raw allocation, copies and
 streams, under the same names as `pygds.cuda` so `pygds.memory` can use either.
 
-hip-python (`from hip import hip`) is imported on first use, and only after `guard.check_hip_runtime`
-has seen libamdhip64 load, `hipInit` succeed and a GPU answer within a second, so pygds imports and
-`hip_available()` returns quickly on machines without ROCm. Every helper takes and returns plain
-ints and raises `HipError` naming the HIP error instead of returning hip-python's tuples. HIP keeps
-one current device per thread (no contexts to retain): helpers that need a device switch to it for
-the call and switch back.
+hip-python (`from hip import hip`) is imported on first use, and only after `check_runtime` (the
+never-hang guard's raw probe) has seen libamdhip64 load, `hipInit` succeed and a GPU answer within a
+second, so pygds imports and `hip_available()` returns quickly on machines without ROCm. Every
+helper takes and returns plain ints and raises `HipError` naming the HIP error instead of returning
+hip-python's tuples. HIP keeps one current device per thread (no contexts to retain): helpers that
+need a device switch to it for the call and switch back.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import os
 import threading
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
-from . import guard
-from .errors import DriverUnavailableError, InvalidArgumentError, PygdsError, hip_error_name
+from ._lib import HIP_RUNTIME_SPEC, find_library
+from ._probe import Check, within
+from .errors import DriverUnavailableError, HipError, InvalidArgumentError, LibraryNotFoundError, hip_error_name
 
 log = logging.getLogger(__name__)
 
 _HIP_PYTHON_HINT = ("install hip-python for your ROCm version (pip install hip-python, or the "
                     "hip-python wheel matching ROCm from AMD's index)")
+_RUNTIME_TIMEOUT_S = 1.0
 
 
-class HipError(PygdsError, RuntimeError):
-    """A HIP runtime call failed: carries the call (`op`), the `hipError_t` `code` and its `name`."""
+def loaded_runtime(maps: str = "/proc/self/maps") -> str | None:
+    """The libamdhip64 this process has already mapped (torch built for ROCm brings its own), if any."""
+    try:
+        with open(maps, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                path = line.rstrip("\n").split(maxsplit=5)[5:]
+                if path and os.path.basename(path[0]).startswith("libamdhip64.so"):
+                    return path[0]
+    except OSError:
+        pass
+    return None
 
-    def __init__(self, op: str, code: int, name: str, detail: str = "") -> None:
-        self.op, self.code, self.name = op, code, name
-        message = f"{op} failed with {name} ({code})"
-        super().__init__(f"{message}: {detail}" if detail else message)
+
+def runtime_path() -> str:
+    """The HIP runtime to probe: the one already in this process, else the one `find_library` finds."""
+    return loaded_runtime() or find_library(HIP_RUNTIME_SPEC).path
+
+
+def _probe_runtime() -> Check:
+    try:
+        path = runtime_path()
+    except LibraryNotFoundError as exc:
+        return Check(False, "the HIP runtime libamdhip64 cannot be loaded (" + "; ".join(exc.searched) + ")",
+                     "install ROCm on a machine with an AMD GPU (or set PYGDS_AMDHIP_LIB), or use the POSIX "
+                     "engine")
+    hip = ctypes.CDLL(path)
+    rc = hip.hipInit(0)
+    if rc != 0:
+        return Check(False, f"hipInit failed with {hip_error_name(rc)} ({rc}) in {path}",
+                     "check that the amdgpu kernel driver is loaded and /dev/kfd and /dev/dri are accessible "
+                     "(the render and video groups; --device=/dev/kfd --device=/dev/dri in containers), or use "
+                     "the POSIX engine")
+    count = ctypes.c_int(0)
+    rc = hip.hipGetDeviceCount(ctypes.byref(count))
+    if rc != 0 or count.value < 1:
+        return Check(False, f"no AMD GPU is visible (hipGetDeviceCount -> {hip_error_name(rc)}, "
+                            f"{count.value} devices)",
+                     "check HIP_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES and `amd-smi list`, or use the POSIX engine")
+    return Check(True, f"HIP runtime {path} usable with {count.value} device(s)")
+
+
+@lru_cache(maxsize=1)
+def check_runtime() -> Check:
+    """The raw HIP probe of the never-hang guard: libamdhip64 loads, `hipInit` succeeds and at least
+    one AMD GPU exists, decided within a second (a hung runtime is left behind on its thread)."""
+    return within(_probe_runtime, _RUNTIME_TIMEOUT_S, "pygds-hip-probe", Check(
+        False, f"the HIP runtime did not answer hipInit within {_RUNTIME_TIMEOUT_S:.0f} s",
+        "check the amdgpu driver (`amd-smi list`, dmesg), or use the POSIX engine"))
 
 
 _lock = threading.RLock()
@@ -50,7 +96,7 @@ def _name(err: Any) -> str:
 
 
 def _probe() -> tuple[bool, str]:
-    check = guard.check_hip_runtime()  # raw libamdhip64 probe with a timeout: never hangs
+    check = check_runtime()  # raw libamdhip64 probe with a timeout: never hangs
     if not check.ok:
         return False, check.reason
     try:

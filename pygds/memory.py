@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from . import cuda, guard, hip
+from . import cuda, hip
 from ._lifetime import Closeable
 from .cuda import (
-    CudaError,
     cuda_available,
     current_device,
     device_count,
@@ -35,7 +34,7 @@ from .cuda import (
     set_device,
     stream_synchronize,
 )
-from .errors import InvalidArgumentError, PygdsError, UnsupportedBufferError
+from .errors import CudaError, InvalidArgumentError, PygdsError, UnsupportedBufferError
 
 __all__ = [
     "BufferView", "CudaError", "DeviceBuffer", "KINDS", "PinnedBuffer", "Pointer", "as_buffer", "copy",
@@ -60,7 +59,7 @@ def gpu_runtime() -> ModuleType:
     torch = sys.modules.get("torch")
     if torch is not None and getattr(getattr(torch, "version", None), "hip", None):
         return hip
-    if not cuda.cuda_available() and guard.check_hip_runtime().ok:
+    if not cuda.cuda_available() and hip.check_runtime().ok:
         return hip
     return cuda
 

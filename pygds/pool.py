@@ -1,7 +1,8 @@
 """The shared thread pool that large requests are split over, and its two knobs.
 
 Like KvikIO: a request larger than the task size becomes tasks of that size run on one process-wide
-pool. `PYGDS_NTHREADS` (default 4) and `PYGDS_TASK_SIZE` (bytes, default 4 MiB) set the defaults;
+pool. `PYGDS_NTHREADS` (default 4) and `PYGDS_TASK_SIZE` (bytes, default 4 MiB) set the defaults, read
+on first use (a bad value raises `InvalidArgumentError` naming the variable there, not at import);
 `set_num_threads` / `set_task_size` change them at run time. A synchronous request's own thread
 works through the tasks too instead of only waiting, so it is never held up by pool threads that
 are slow to start (busy machine, few cores), and one thread does it all when the count is 1.
@@ -42,16 +43,24 @@ def _env_int(name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
-_threads = _env_int("PYGDS_NTHREADS", 4)
-_task_size = _env_int("PYGDS_TASK_SIZE", 4 << 20, MIN_TASK_SIZE)
+_threads: int | None = None  # from PYGDS_NTHREADS on first use, then set_num_threads
+_task_size: int | None = None  # from PYGDS_TASK_SIZE on first use, then set_task_size
 _executor: ThreadPoolExecutor | None = None
 
 
 def num_threads() -> int:
+    """Threads that work on one split request (`PYGDS_NTHREADS`, default 4)."""
+    global _threads
+    if _threads is None:
+        _threads = _env_int("PYGDS_NTHREADS", 4)
     return _threads
 
 
 def task_size() -> int:
+    """Bytes per task of a split request (`PYGDS_TASK_SIZE`, default 4 MiB)."""
+    global _task_size
+    if _task_size is None:
+        _task_size = _env_int("PYGDS_TASK_SIZE", 4 << 20, MIN_TASK_SIZE)
     return _task_size
 
 
@@ -89,14 +98,14 @@ def mark_io_thread() -> None:
 def inline(size: int) -> bool:
     """True when a synchronous request of `size` bytes runs as one task on the calling thread: it
     fits in one task, or the caller is an I/O thread (`mark_io_thread`)."""
-    return size <= _task_size or _local.worker
+    return size <= task_size() or _local.worker
 
 
 def submit(fn: Callable[..., object], *args: object) -> Future:
     global _executor
     with _lock:
         if _executor is None:
-            _executor = ThreadPoolExecutor(_threads, thread_name_prefix="pygds-io", initializer=mark_io_thread)
+            _executor = ThreadPoolExecutor(num_threads(), thread_name_prefix="pygds-io", initializer=mark_io_thread)
         executor = _executor
     return executor.submit(fn, *args)
 
@@ -116,7 +125,7 @@ class Request:
     def __init__(self, task: Callable[[int, int], int], size: int, *, step: int | None = None,
                  finish: Callable[[], None] | None = None) -> None:
         self.task, self.size, self.finish = task, size, finish
-        self.step = step or _task_size
+        self.step = step or task_size()
         self.count = max(1, -(-size // self.step))
         self.next = 0
         self.left = self.count
@@ -134,7 +143,7 @@ class Request:
         pool lends up to `num_threads()` threads and this returns at once.
         """
         own = 1 if caller_helps else 0
-        for _ in range(min(_threads, self.count) - own):
+        for _ in range(min(num_threads(), self.count) - own):
             submit(self.work)
         if caller_helps:
             self.work()

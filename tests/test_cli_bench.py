@@ -122,13 +122,14 @@ def test_cufile_engine_where_it_cannot_run_fails_cleanly(capsys, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_hipfile_engine_without_its_module_is_a_clear_error(capsys, tmp_path):
-    import importlib.util
+def test_hipfile_engine_where_hipfile_cannot_run_is_a_clear_error(capsys, tmp_path):
+    from pygds.engines import hipfile
 
-    if importlib.util.find_spec("pygds.engines.hipfile") is not None:
-        pytest.skip("this pygds has a hipFile engine")
+    if hipfile.usable().ok:
+        pytest.skip("hipFile is usable here")
     assert main(["bench", *SMALL, "--engine", "hipfile", "--path", str(tmp_path)]) == 1
-    assert "no hipFile engine" in capsys.readouterr().err
+    assert "libhipfile" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("extra, words", [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pygds import fsinfo, guard
+from pygds import cuda, fsinfo
 from pygds.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +89,64 @@ def test_info_reads_gds_paths_from_an_lmcache_config(capsys, tmp_path):
     assert any(p["topic"] == f"config {config}" and "storage_plugins" in p["problem"] for p in report["problems"])
 
 
+_CHECKER = '''
+def check(config_path, environ):
+    with open(config_path) as f:
+        paths = f.read().split()
+    return paths, [f"{config_path} names {len(paths)} paths, {environ.get('CHECKER_MOOD', 'calm')}. Fix: relax"]
+'''
+
+
+def run_info_isolated(tmp_path: Path, *argv: str, site: Path | None = None) -> subprocess.CompletedProcess:
+    """`pygds info` from a copy of the pygds package alone, in a Python that sees nothing else (and
+    `site`, when given): `-S` keeps the installed distributions, and so their entry points, out of
+    sight, and lmcache_plugin is not there to import. It also reports what of lmcache_plugin was imported."""
+    alone = tmp_path / "pygds-alone"
+    shutil.copytree(ROOT / "pygds", alone / "pygds", ignore=shutil.ignore_patterns("__pycache__"))
+    script = ("import sys\nfrom pygds.cli.main import main\nrc = main(sys.argv[1:])\n"
+              "print('PLUGIN', sorted(m for m in sys.modules if m.startswith('lmcache_plugin')), file=sys.stderr)\n"
+              "sys.exit(rc)\n")
+    path = os.pathsep.join([str(alone)] + ([str(site)] if site else []))
+    return subprocess.run([sys.executable, "-S", "-c", script, "info", *argv],
+                          env={**os.environ, "PYTHONPATH": path, "CHECKER_MOOD": "grumpy"},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+def test_info_config_is_checked_by_the_entry_point_checkers(tmp_path):
+    """A checker installed as a `pygds.config` entry point (a real dist-info on the path) reads the
+    file: its paths are examined, its problems are findings split at "Fix:", and pygds imports no
+    plugin of its own accord."""
+    site = tmp_path / "site"
+    (site / "demo_checker-1.0.dist-info").mkdir(parents=True)
+    (site / "demo_checker-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: demo-checker\n"
+                                                                   "Version: 1.0\n")
+    (site / "demo_checker-1.0.dist-info" / "entry_points.txt").write_text("[pygds.config]\n"
+                                                                          "demo = demo_checker:check\n")
+    (site / "demo_checker.py").write_text(_CHECKER)
+    config = tmp_path / "cache.conf"
+    config.write_text(f"{tmp_path}/a {tmp_path}/b\n")
+    done = run_info_isolated(tmp_path, "--json", "--config", str(config), site=site)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [p["path"] for p in report["paths"]] == [f"{tmp_path}/a", f"{tmp_path}/b"]
+    found = [p for p in report["problems"] if p["topic"] == f"config {config}"]
+    assert found == [{"topic": f"config {config}", "problem": f"{config} names 2 paths, grumpy.", "fix": "relax",
+                      "severity": "error"}]
+    assert "PLUGIN []" in done.stderr
+
+
+def test_info_config_without_a_checker_names_the_package_to_install(tmp_path):
+    config = tmp_path / "lmcache.yaml"
+    config.write_text("chunk_size: 256\n")
+    done = run_info_isolated(tmp_path, "--json", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    found = [p for p in report["problems"] if p["topic"] == f"config {config}"]
+    assert len(found) == 1 and "pygds.config" in found[0]["problem"]
+    assert "pip install 'pygds[lmcache]'" in found[0]["fix"]
+    assert report["paths"] == [] and "PLUGIN []" in done.stderr
+
+
 @pytest.mark.skipif(not NO_PROC_MODULES, reason="/proc/modules exists here; this is the sandbox's state")
 def test_info_human_output_explains_posix_and_each_fix_in_this_sandbox(capsys, tmp_path):
     """No /proc/modules and no CUDA driver here: auto falls back to POSIX and says why, and each
@@ -102,7 +160,7 @@ def test_info_human_output_explains_posix_and_each_fix_in_this_sandbox(capsys, t
     problems = out[out.index(" problem(s):"):]
     assert re.search(r"\d+\. \[error\] /proc/modules: /proc/modules cannot be read.*\n\s+fix: run where "
                      r"/proc/modules is readable", problems)
-    if not guard.check_cuda_driver().ok:  # no libcuda in this sandbox either
+    if not cuda.check_driver().ok:  # no libcuda in this sandbox either
         assert re.search(r"\[error\] CUDA driver: .*\n\s+fix: install the NVIDIA driver", problems)
 
 

@@ -128,7 +128,7 @@ def test_batch_on_the_pool_then_close(files):
     for i, buf in enumerate(bufs):
         batch.read(f, buf, 2 << 20, i << 21)
     batch.submit()
-    assert not batch.uses_cufile
+    assert batch.engine_batch is None
     f.close()
     others = reuse_descriptors(b)
     results = batch.wait(timeout=120)

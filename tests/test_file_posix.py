@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -132,10 +133,22 @@ def test_large_request_is_split_over_threads(tmp_path, monkeypatch):
     ({"PYGDS_NTHREADS": "0"}, "PYGDS_NTHREADS='0' must be at least 1"),
     ({"PYGDS_NTHREADS": "four"}, "PYGDS_NTHREADS='four' is not an integer"),
 ])
-def test_bad_pool_settings_fail_at_import_naming_the_variable(env, message):
-    done = subprocess.run([sys.executable, "-c", "import pygds"], env={**os.environ, **env},
+def test_bad_pool_settings_fail_at_first_use_naming_the_variable(env, message, tmp_path):
+    """The environment is read when the pool is first used, not at import: importing pygds (and
+    opening a file) works, the first split request raises the clear error, and so does each after it."""
+    script = textwrap.dedent(f"""\
+        import pygds
+        f = pygds.File({str(tmp_path / "p.bin")!r}, "w+")
+        for _ in range(2):
+            try:
+                f.read(bytearray(64 << 20))
+            except pygds.InvalidArgumentError as exc:
+                print("RAISED", exc)
+        """)
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, **env},
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0 and message in done.stderr
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("RAISED") == 2 and message in done.stdout, done.stdout
 
 
 def test_marked_io_threads_run_requests_whole(tmp_path):

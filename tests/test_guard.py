@@ -1,4 +1,4 @@
-"""The never-hang guard and the `auto` engine choice, against the real libcufile."""
+"""cuFile's never-hang guard and the `auto` engine choice, against the real libcufile."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import pygds
-from pygds import guard
+from pygds.engines.cufile import check_proc_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,8 @@ def run_py(script: str, env: dict[str, str], timeout: float = 30) -> subprocess.
 def test_proc_modules_check_opens_the_file(tmp_path):
     good = tmp_path / "modules"
     good.write_text("nvidia 1 0 - Live 0x0\n")
-    assert guard.check_proc_modules(str(good)).ok
-    bad = guard.check_proc_modules(str(tmp_path / "absent"))
+    assert check_proc_modules(str(good)).ok
+    bad = check_proc_modules(str(tmp_path / "absent"))
     assert not bad.ok and "spin forever" in bad.reason and "POSIX" in bad.fix
 
 
@@ -50,8 +50,8 @@ def test_auto_falls_back_to_posix_with_reason_logged_once(tmp_path, caplog, monk
     choice = pygds.choose_engine("auto")
     if choice.name != "posix":
         pytest.skip(f"cuFile is usable here ({choice.reason})")
-    guard._fallback_logged.clear()
-    with caplog.at_level("WARNING", logger="pygds.guard"):
+    pygds.reset_fallback_log()
+    with caplog.at_level("WARNING", logger="pygds.engines.registry"):
         for i in range(3):
             with pygds.File(tmp_path / f"{i}.bin", "w") as f:
                 assert f.engine == "posix"

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from pygds import guard, hip, memory
+from pygds import hip, memory
 from pygds.errors import DriverUnavailableError
 from pygds.memory import BufferView, as_buffer
 
 REPO = Path(__file__).resolve().parent.parent
 HIP_PYTHON = importlib.util.find_spec("hip") is not None
 needs_hip_python = pytest.mark.skipif(not HIP_PYTHON, reason="hip-python is not installed (pip install hip-python)")
-no_rocm_here = pytest.mark.skipif(guard.check_hip_runtime().ok, reason="a HIP runtime with a GPU is usable here")
+no_rocm_here = pytest.mark.skipif(hip.check_runtime().ok, reason="a HIP runtime with a GPU is usable here")
 
 # A stand-in for the HIP runtime: the functions pygds's guard and hip-python call, with memory the
 # stand-in allocates from the heap and remembers as device or pinned. PYGDS_FAKE_HIP_DEVICES sets the
@@ -171,8 +171,8 @@ def test_hip_available_is_false_in_a_fresh_process_without_rocm() -> None:
 
 def test_the_guard_answers_for_the_stand_in_runtime(fake_hip: Path) -> None:
     script = """
-        import json; from pygds import guard
-        c = guard.check_hip_runtime()
+        import json; from pygds import hip
+        c = hip.check_runtime()
         print(json.dumps(dict(ok=c.ok, reason=c.reason, fix=c.fix)))
     """
     for devices, expected in (("2", "usable with 2 device(s)"), ("0", "hipInit failed with hipErrorNoDevice (100)")):
@@ -191,9 +191,9 @@ def test_a_hip_runtime_already_in_the_process_is_the_one_probed(fake_hip: Path, 
     other.parent.mkdir()
     shutil.copy(fake_hip / "libamdhip64.so", other)
     script = f"""
-        import ctypes; from pygds import guard
+        import ctypes; from pygds import hip
         ctypes.CDLL({str(other)!r})
-        print(guard.check_hip_runtime().reason)
+        print(hip.check_runtime().reason)
     """
     out = run_py(script, hip_env(fake_hip, PYGDS_AMDHIP_LIB=str(fake_hip / "libamdhip64.so")))
     assert out.returncode == 0, out.stderr
@@ -201,15 +201,15 @@ def test_a_hip_runtime_already_in_the_process_is_the_one_probed(fake_hip: Path, 
     maps = tmp_path / "maps"
     maps.write_text("7f00-7f01 r-xp 00000000 08:01 42 /usr/lib/libc.so.6\n"
                     "7f02-7f03 r-xp 00000000 08:01 43 /opt/rocm-7.2.0/lib/libamdhip64.so.7.2.70200\n")
-    assert guard.loaded_hip_runtime(str(maps)) == "/opt/rocm-7.2.0/lib/libamdhip64.so.7.2.70200"
-    assert guard.loaded_hip_runtime(str(tmp_path / "absent")) is None
+    assert hip.loaded_runtime(str(maps)) == "/opt/rocm-7.2.0/lib/libamdhip64.so.7.2.70200"
+    assert hip.loaded_runtime(str(tmp_path / "absent")) is None
 
 
 def test_a_hanging_hip_runtime_is_refused_within_a_second(fake_hip: Path) -> None:
     script = """
-        import time; from pygds import guard, hip
+        import time; from pygds import hip
         t = time.monotonic()
-        c = guard.check_hip_runtime()
+        c = hip.check_runtime()
         print(c.ok, round(time.monotonic() - t, 2), hip.hip_available(), c.reason)
     """
     out = run_py(script, hip_env(fake_hip, PYGDS_FAKE_HIP_HANG="1"), timeout=30)

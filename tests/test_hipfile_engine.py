@@ -1,5 +1,5 @@
-"""The hipFile engine, its driver and registered buffers, the `auto` choice and the never-hang guard,
-and the checks of hipFile's documented requirements.
+"""The hipFile engine, its driver and registered buffers, the `auto` choice and the never-hang guard
+(hipFile's documented requirements, which only `pygds info` checks: test_hipfile_requirements.py).
 
 No AMD GPU is here. On this machine pygds must refuse hipFile clearly and pick another engine. To run
 the engine's real code paths, subprocesses load two stand-ins compiled here: a libhipfile.so.0 that
@@ -11,7 +11,6 @@ memory is host memory, so these tests prove pygds's plumbing and choices, not hi
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import pygds
-from pygds import fsinfo, guard
+from pygds import fsinfo
 from pygds.engines import hipfile as hf
 from pygds.errors import LibraryNotFoundError
 from test_hip_memory import build_fake_hip_runtime, hip_env, needs_hip_python, run_py
@@ -228,6 +227,41 @@ out["log"] = log()
     assert r["log"][9:] == [f"deregister fd={fd}", "close 0"]  # the host read went through POSIX
 
 
+def test_the_public_driver_and_registered_buffer_work_on_hipfile_as_on_cufile(stand_ins: Path, tmp_path: Path) -> None:
+    """`pygds.Driver(engine=...)`, `register()` and `pygds.RegisteredBuffer(..., engine=...)` are the same
+    front door on hipFile: `auto` resolves to hipFile here, and a write from inside the registered range
+    reaches libhipfile as (registered base, offset)."""
+    script = f"""
+src = device(os.urandom(8192))
+with pygds.Driver() as auto, pygds.Driver("hipfile") as named, auto.register(src) as reg:
+    out["engines"] = [auto.engine, named.engine, reg.engine]
+    out["refs"] = named.use_count()
+    with pygds.File({str(tmp_path / "r.bin")!r}, "w") as f:
+        out["written"] = f.write(src, 100, buf_offset=4096)
+with pygds.RegisteredBuffer(src, engine="hipfile") as own:
+    out["own"] = [own.engine, own.nbytes, hf.HipFileDriver.use_count()]
+out["refs_after"] = hf.HipFileDriver.use_count()
+for kwargs in ({{"engine": "posix"}}, {{"engine": "cufile", "driver": None}}):
+    try:
+        pygds.RegisteredBuffer(src, **kwargs)
+    except pygds.PygdsError as e:
+        out.setdefault("refused", []).append(type(e).__name__)
+out["exported"] = pygds.HipFileError is pygds.errors.HipFileError and issubclass(pygds.HipError, pygds.PygdsError)
+out["base"] = hex(src.ptr)
+out["log"] = log()
+"""
+    r = run(script, engine_env(stand_ins, tmp_path / "calls.log"))
+    assert r["engines"] == ["hipfile", "hipfile", "hipfile"]
+    assert r["refs"] == 1 and r["refs_after"] == 0  # one open driver behind both references
+    assert r["written"] == 100
+    assert [line.split(" ", 2)[2] for line in r["log"] if line.startswith("write")] == [
+        f"base={r['base']} size=100 off=0 boff=4096"]
+    assert r["log"].count("bufregister 8192") == 2 and r["log"].count("bufderegister") == 2
+    assert r["own"] == ["hipfile", 8192, 1]
+    assert r["refused"] == ["DriverUnavailableError", "DriverUnavailableError"]
+    assert r["exported"] is True
+
+
 def test_registered_buffers_and_what_hipfile_does_not_support(stand_ins: Path, tmp_path: Path) -> None:
     script = f"""
 from pygds.errors import HipFileError, InvalidArgumentError, NotSupportedError
@@ -370,96 +404,3 @@ out["log"] = log() if os.path.exists(os.environ["PYGDS_FAKE_HIPFILE_LOG"]) else 
     assert elapsed < 5  # the one-second guard, with room for a slow machine
     assert r["fallback"] == ["posix", 13]
     assert r["log"] == []  # no hipFile call ran
-
-
-# --- hipFile's documented requirements -------------------------------------------------------------
-def test_requirements_report_every_topic_with_a_verdict(tmp_path: Path) -> None:
-    found = hf.requirements([str(tmp_path)])
-    topics = [r.topic for r in found]
-    assert topics == ["libhipfile", "HIP runtime", "HIP runtime AIS", "ROCm", "amdgpu", "kernel P2PDMA",
-                      f"path {tmp_path}: file system", f"path {tmp_path}: device", f"path {tmp_path}: O_DIRECT"]
-    for r in found:
-        assert r.ok in (True, False, None) and r.detail
-        assert r.ok is True or r.fix or r.topic == "HIP runtime AIS", r
-    facts = fsinfo.probe_path(tmp_path)
-    fs = found[6]
-    assert fs.ok is (facts.fs_type == "xfs" or (facts.fs_type == "ext4" and
-                                               fsinfo.mount_of(tmp_path).option("data") in (None, "ordered")))
-    assert fs.detail.startswith(f"{facts.fs_type} at {facts.mount_point}")
-    if not guard.check_hip_runtime().ok:
-        assert found[2].ok is None and found[1].ok is False
-
-
-def test_rocm_version_is_read_from_the_install(tmp_path: Path) -> None:
-    (tmp_path / ".info").mkdir()
-    (tmp_path / ".info" / "version").write_text("7.1.1-38\n")
-    assert hf._rocm_version({"ROCM_PATH": str(tmp_path)}) == ((7, 1), str(tmp_path / ".info" / "version"))
-    (tmp_path / ".info" / "version").write_text("7.2.0-43\n")
-    assert hf._rocm_version({"ROCM_PATH": str(tmp_path)})[0] >= hf.MIN_ROCM
-
-
-def _block(sys_root: Path, device: str, node: str, **files: str) -> Path:
-    """A fake /sys/devices node for `device` ("major:minor"), linked from sys_root/dev/block."""
-    path = sys_root / "devices" / node
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "dev").write_text(device + "\n")
-    for name, text in files.items():
-        (path / name).write_text(text)
-    link = sys_root / "dev" / "block" / device
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(path)
-    return path
-
-
-def test_block_devices_are_classified_local_nvme_or_not(tmp_path: Path) -> None:
-    blocks = str(tmp_path / "dev" / "block")
-    ctrl = tmp_path / "devices" / "pci0000:00" / "0000:00:04.0" / "nvme" / "nvme0"
-    ns = _block(tmp_path, "259:0", "pci0000:00/0000:00:04.0/nvme/nvme0/nvme0n1")
-    (ctrl / "transport").write_text("pcie\n")
-    (ns / "device").symlink_to(ctrl)
-    _block(tmp_path, "259:1", "pci0000:00/0000:00:04.0/nvme/nvme0/nvme0n1/nvme0n1p1")
-    assert hf._block_backing("259:1", blocks) == (True, "nvme0n1p1 is a local NVMe (PCIe) device")
-
-    subsys = tmp_path / "devices" / "virtual" / "nvme-subsystem" / "nvme-subsys1"
-    _block(tmp_path, "259:2", "virtual/nvme-subsystem/nvme-subsys1/nvme1n1")  # a native-multipath head
-    (subsys / "nvme1").mkdir()
-    (subsys / "nvme1" / "transport").write_text("pcie\n")
-    assert hf._block_backing("259:2", blocks)[0] is True
-    (subsys / "nvme2").mkdir()
-    (subsys / "nvme2" / "transport").write_text("tcp\n")  # a second path over the network
-    assert hf._block_backing("259:2", blocks) == (False, "nvme1n1 is NVMe over pcie, tcp, not local")
-
-    dm = _block(tmp_path, "253:0", "virtual/block/dm-0")
-    (dm / "slaves").mkdir()
-    (dm / "slaves" / "nvme0n1p1").symlink_to(ns / "nvme0n1p1")
-    ok, detail = hf._block_backing("253:0", blocks)
-    assert ok is True and detail.startswith("dm-0 (device-mapper, e.g. LVM) lies on local NVMe")
-    sda = _block(tmp_path, "8:0", "pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0/block/sda")
-    (dm / "slaves" / "sda").symlink_to(sda)
-    assert hf._block_backing("253:0", blocks)[0] is False
-
-    _block(tmp_path, "9:0", "virtual/block/md0")
-    assert hf._block_backing("9:0", blocks) == (False, "md0 is MD software RAID, which hipFile's fastpath does "
-                                                       "not support")
-    assert hf._block_backing("8:0", blocks) == (False, "sda is not an NVMe device")
-    assert hf._block_backing(None, blocks) == (False, "not a block device")
-
-
-def test_kfd_topology_ais_bit(tmp_path: Path) -> None:
-    assert hf._kfd_reports_ais(str(tmp_path)) is None  # no nodes: cannot tell
-    for node, text in (("0", "cpu_cores_count 16\nsimd_count 0\ncapability 0\n"),
-                       ("1", "simd_count 304\ncapability 671588992\n")):
-        (tmp_path / node).mkdir()
-        (tmp_path / node / "properties").write_text(text)
-    assert hf._kfd_reports_ais(str(tmp_path)) is False  # a GPU node without the AIS bit
-    (tmp_path / "1" / "properties").write_text(f"simd_count 304\ncapability {671588992 | 0x40}\n")
-    assert hf._kfd_reports_ais(str(tmp_path)) is True
-
-
-def test_info_style_report_needs_nothing_but_files_here() -> None:
-    """Every requirement is checked without a GPU and without raising: `pygds info` can always show them."""
-    env = {**os.environ, "PYGDS_HIPFILE_LIB": "", "ROCM_PATH": ""}
-    out = run_py("from pygds.engines import hipfile as hf\nfor r in hf.requirements(['.']): print(r.topic, '|', r.ok)",
-                 env)
-    assert out.returncode == 0, out.stderr
-    assert len(out.stdout.splitlines()) == 9

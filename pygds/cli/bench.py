@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import importlib.util
 import math
 import mmap
 import os
@@ -32,7 +31,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .. import fsinfo, guard, memory, pool
+from .. import cuda, fsinfo, memory, pool
+from ..engines import registry
 from ..file import File
 from . import CommandError, UsageError
 from .output import human_bytes, positive_int_arg, positive_size_arg, print_json, say, table
@@ -66,7 +66,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="worker threads (default 4)")
     p.add_argument("--qd", type=positive_int_arg, default=1, metavar="N",
                    help="requests each worker keeps in flight (queue/batch depth, default 1)")
-    p.add_argument("--engine", choices=guard.ENGINES, default="auto", help="pygds engine (default auto)")
+    p.add_argument("--engine", choices=registry.ENGINES, default="auto", help="pygds engine (default auto)")
     p.add_argument("--mem", choices=("gpu", "pinned", "host"), default="host",
                    help="where pygds's buffers live (default host; gpu and pinned need CUDA)")
     p.add_argument("--direct", action="store_true", help="open files with O_DIRECT (block size multiple of 4K)")
@@ -165,12 +165,10 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _check_environment(args: argparse.Namespace, paths: list[str]) -> None:
-    if args.engine == "hipfile" and importlib.util.find_spec("pygds.engines.hipfile") is None:
-        raise CommandError("this pygds has no hipFile engine yet; use --engine auto, cufile or posix")
     if args.mem in ("gpu", "pinned"):
         if not memory.cuda_available():
             raise CommandError(f"--mem {args.mem} needs a usable CUDA driver and device, and none is usable "
-                               f"here ({guard.check_cuda_driver().reason}); use --mem host")
+                               f"here ({cuda.check_driver().reason}); use --mem host")
     if args.direct:
         for path in paths:
             ok, detail = fsinfo.probe_o_direct(path)
@@ -387,7 +385,7 @@ def _bench(args: argparse.Namespace, paths: list[str], dirs: list[str]) -> dict[
     per_file = (args.total // args.files) // args.block_size * args.block_size
     names = [os.path.join(dirs[i % len(dirs)], f"file-{i}.dat") for i in range(args.files)]
     impls = ["pygds"] if args.no_baseline else ["pygds", "posix-baseline"]
-    choice = guard.choose_engine(args.engine)
+    choice = registry.choose_engine(args.engine)
     runs: list[Measurement] = []
     engine_used = None
     buffers = _Buffers(args.mem, args.threads * args.qd, args.block_size, args.seed)

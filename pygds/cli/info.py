@@ -3,23 +3,35 @@
 It never calls anything that can hang: the never-hang guard runs first and the cuFile driver is
 opened only when the guard passes. Problems are findings, each with its fix; the command exits 0
 whenever it could produce the report (use the findings, or `--json`'s "problems", in scripts).
+
+`--config FILE` is checked by the checkers other packages register in the entry point group
+`pygds.config` (the LMCache plugin registers one for LMCache YAML files); pygds itself knows no
+configuration format. Each entry point loads a callable `check(config_path, environ)` returning
+(the cache paths the file names, problems as "cause. Fix: fix" messages).
 """
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from importlib.metadata import entry_points
 from typing import Any
 
-from lmcache_plugin.config import ConfigError, check_config
-
-from .. import __version__, fsinfo, guard
+from .. import __version__, cuda, fsinfo
 from .._lib import cufile
+from .._probe import Check
 from ..driver import Driver
+from ..engines import hipfile, registry
+from ..engines.cufile import check_proc_modules, nvidia_fs_loaded
 from ..errors import PygdsError
 from . import UsageError
-from .cache import config_paths
+from .hipfile_requirements import requirements
 from .output import human_bytes, print_json, say, table
+
+ConfigChecker = Callable[[str, Mapping[str, str]], "tuple[list[str], list[str]]"]
+CONFIG_CHECKERS = "pygds.config"  # the entry point group of configuration checkers
+CONFIG_PROVIDER = "pip install 'pygds[lmcache]' (the LMCache plugin checks LMCache YAML files)"
 
 UDEV_DIR = "/run/udev"
 NVIDIA_FS = "/proc/driver/nvidia-fs"
@@ -48,8 +60,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog="Exit status: 0 when the report was produced (problems are findings, listed under "
                "'problems'), 2 for bad arguments.")
     p.add_argument("paths", nargs="*", metavar="PATH", help="paths to examine (they need not exist yet)")
-    p.add_argument("--config", metavar="LMCACHE_YAML",
-                   help="an LMCache configuration file: check it and examine each gds_path entry")
+    p.add_argument("--config", metavar="FILE",
+                   help="a configuration file (an LMCache YAML with the plugin installed): check it with the "
+                        f"checkers registered under the {CONFIG_CHECKERS!r} entry points and examine each cache "
+                        "path it names")
     p.add_argument("--no-driver", action="store_true",
                    help="do not open the cuFile driver (skip its properties and parameters)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -69,14 +83,12 @@ def _library_report() -> dict[str, Any]:
 def _hipfile_report(paths: list[str]) -> dict[str, Any]:
     """Whether hipFile can run, and each documented requirement (ROCm, amdgpu-dkms, P2PDMA,
     file system, local NVMe) as far as it can be told from here."""
-    from ..engines import hipfile
-
     check = hipfile.usable()
     return {"usable": check.ok, "reason": check.reason, "fix": check.fix,
-            "requirements": [asdict(r) for r in hipfile.requirements(paths)]}
+            "requirements": [asdict(r) for r in requirements(paths)]}
 
 
-def _check_dict(check: guard.Check) -> dict[str, Any]:
+def _check_dict(check: Check) -> dict[str, Any]:
     return {"ok": check.ok, "reason": check.reason, "fix": check.fix}
 
 
@@ -91,7 +103,7 @@ def _udev_check() -> dict[str, Any]:
 
 def _open_driver(findings: list[Finding]) -> dict[str, Any]:
     try:
-        with Driver() as drv:
+        with Driver("cufile") as drv:
             props = drv.properties.as_dict()
             params = drv.parameters()
     except PygdsError as exc:
@@ -103,13 +115,28 @@ def _open_driver(findings: list[Finding]) -> dict[str, Any]:
 
 
 def _config_paths(config: str, findings: list[Finding]) -> list[str]:
-    for message in check_config(config, dict(os.environ)):
-        problem, _, fix = message.partition(" Fix: ")
-        findings.append(Finding(f"config {config}", problem, fix or "see the problem", "error"))
-    try:
-        return config_paths(config)
-    except ConfigError:
-        return []  # check_config has reported it
+    """The cache paths `config` names, by every installed checker; their problems become findings."""
+    topic = f"config {config}"
+    checkers = list(entry_points(group=CONFIG_CHECKERS))
+    if not checkers:
+        findings.append(Finding(topic, f"no installed package checks configuration files (none registers a "
+                                       f"{CONFIG_CHECKERS!r} entry point)", CONFIG_PROVIDER, "error"))
+        return []
+    paths: list[str] = []
+    for entry in checkers:
+        try:
+            check: ConfigChecker = entry.load()
+            found, problems = check(config, dict(os.environ))
+        except Exception as exc:  # noqa: BLE001 - a broken checker is a finding, not a crash of info
+            findings.append(Finding(topic, f"the {entry.name!r} checker ({entry.value}) failed: "
+                                           f"{type(exc).__name__}: {exc}", "reinstall the package that provides it",
+                                    "error"))
+            continue
+        for message in problems:
+            problem, _, fix = message.partition(" Fix: ")
+            findings.append(Finding(topic, problem, fix or "see the problem", "error"))
+        paths += [p for p in found if p not in paths]
+    return paths
 
 
 def _udev_record(device: str | None) -> str | None:
@@ -178,17 +205,17 @@ def collect(paths: list[str], config: str | None = None, *, open_driver: bool = 
     if not library["found"]:
         findings.append(Finding("libcufile", library["error"].splitlines()[0],
                                 "pip install 'pygds[cuda13]' (or [cuda12]), or set PYGDS_CUFILE_LIB"))
-    proc_modules = guard.check_proc_modules()
-    cuda = guard.check_cuda_driver()
-    for name, check in (("/proc/modules", proc_modules), ("CUDA driver", cuda)):
+    proc_modules = check_proc_modules()
+    cuda_driver = cuda.check_driver()
+    for name, check in (("/proc/modules", proc_modules), ("CUDA driver", cuda_driver)):
         if not check.ok:
             findings.append(Finding(name, check.reason, check.fix, "error"))
-    nvfs = guard.nvidia_fs_loaded()
+    nvfs = nvidia_fs_loaded()
     udev = _udev_check()
-    checks = {"proc_modules": _check_dict(proc_modules), "cuda_driver": _check_dict(cuda),
+    checks = {"proc_modules": _check_dict(proc_modules), "cuda_driver": _check_dict(cuda_driver),
               "nvidia_fs": {"ok": nvfs, "reason": f"{NVIDIA_FS} {'present' if nvfs else 'absent'}"},
               "run_udev": udev}
-    safe = library["found"] and proc_modules.ok and cuda.ok
+    safe = library["found"] and proc_modules.ok and cuda_driver.ok
     if not safe:
         driver: dict[str, Any] = {"opened": False, "skipped": "the never-hang guard did not pass (see checks)"
                                   if library["found"] else "libcufile was not found"}
@@ -222,7 +249,7 @@ def collect(paths: list[str], config: str | None = None, *, open_driver: bool = 
     findings += _shared_file_systems(all_facts)
     if not udev_ok and not any(f.topic.startswith("path ") and UDEV_DIR in f.problem for f in findings):
         findings.append(Finding("/run/udev", udev["reason"], UDEV_FIX))
-    choice = guard.choose_engine("auto")
+    choice = registry.choose_engine("auto")
     return {
         "pygds_version": __version__,
         "libcufile": library,

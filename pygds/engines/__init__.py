@@ -1,1 +1,2 @@
-"""I/O engines behind pygds.File: posix, cufile, hipfile."""
+"""I/O engines behind the front doors: each a self-contained unit behind `engines.base`, listed in
+`engines.registry`."""

@@ -16,8 +16,9 @@ import threading
 from collections.abc import Callable, Iterator
 
 from .. import cuda, memory
+from .._probe import Check
 from ..memory import BufferView
-from .base import EngineHandle
+from .base import Engine, EngineHandle
 
 DIRECT_ALIGNMENT = 4096
 _BOUNCE_SIZE = 8 << 20
@@ -178,8 +179,31 @@ class PosixHandle(EngineHandle):
         finally:
             pool.release(stage)
 
+    def whole_writes(self, view: BufferView) -> bool:
+        """Buffered writes from host memory go in one call: local Linux file systems (ext4, XFS,
+        btrfs) hold the inode lock through a buffered write, so split tasks would only queue for it
+        and add their own cost (measured in BENCHMARKS.md)."""
+        return self.direct_fd is None and view.kind != "device"
+
     def close(self) -> None:
         """Nothing to release: the file descriptors belong to the `File`."""
+
+
+class PosixEngine(Engine):
+    """The fallback every machine has: nothing to check, no driver, no registrations."""
+
+    name = "posix"
+    label = "POSIX"
+    gpu_direct = False
+
+    def check(self) -> Check:
+        return Check(True, "pread/pwrite need nothing beyond the operating system")
+
+    def open(self, fd: int, direct_fd: int | None, path: str) -> PosixHandle:
+        return PosixHandle(fd, direct_fd)
+
+
+ENGINE = PosixEngine()
 
 
 def _full(call: Callable[[int, list, int], int], fd: int, ptr: int, size: int, offset: int) -> int:

@@ -30,7 +30,7 @@ from lmcache_env import loop, no_lmcache_environment  # noqa: F401 - fixtures, u
 from lmcache_plugin.backend import GdsPluginBackend
 from lmcache_plugin.format import EntryHeader, pack_header
 from lmcache_plugin.layout import Layout
-from pygds.driver import registry
+from pygds.engines.registry import get as engine
 from pygds.memory import DeviceBuffer
 
 BUFFER = 2 << 20
@@ -82,7 +82,7 @@ def test_memory_objects_through_cufile_byte_exact(tmp_path, loop):
     backend = start(str(tmp_path / "c"), loop, memory)
     try:
         assert backend.engine == "cufile" and backend._registered is not None
-        assert registry.find(memory.ptr, BUFFER) == memory.ptr  # one registration: the whole buffer
+        assert engine("cufile").registry.find(memory.ptr, BUFFER) == memory.ptr  # one registration: the whole buffer
         keys = [make_key(h) for h in (1234567, -89, 42424242, 5)]
         objs = [backend.allocate(chunk_shape(), torch.bfloat16, fmt=MemoryFormat.KV_2LTD) for _ in keys]
         data = [random_bytes(o.get_size(), i) for i, o in enumerate(objs)]
@@ -115,7 +115,7 @@ def test_memory_objects_through_cufile_byte_exact(tmp_path, loop):
         assert backend.get_memory_allocator().total_allocated_size == 0
     finally:
         backend.close()
-    assert registry.find(memory.ptr, 1) is None  # deregistered on close
+    assert engine("cufile").registry.find(memory.ptr, 1) is None  # deregistered on close
 
     fresh = DeviceMemory(BUFFER)
     again = start(str(tmp_path / "c"), loop, fresh)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import pygds
-from pygds import guard
 from pygds.memory import DeviceBuffer, Pointer
 
 
@@ -143,7 +142,7 @@ def test_batch_reads_and_writes(tmp_path):
     with pygds.File(path, "w") as f, pygds.Batch(16) as batch:
         for i, s in enumerate(srcs):
             batch.write(f, s, 1 << 20, i << 20)
-        assert batch.uses_cufile
+        assert batch.engine_batch == "cufile"
         results = batch.wait(timeout=30)
     assert [r.status for r in results] == ["complete"] * 8
     assert [r.nbytes for r in results] == [1 << 20] * 8
@@ -192,7 +191,7 @@ def test_async_falls_back_on_compat_mode_eio(tmp_path, caplog):
     path = tmp_path / "async.bin"
     path.write_bytes(data)
     dev = DeviceBuffer(2 << 20)
-    with caplog.at_level(logging.WARNING, logger="pygds.stream"), pygds.File(path, "r+") as f:
+    with caplog.at_level(logging.WARNING, logger="pygds.engines.cufile.stream"), pygds.File(path, "r+") as f:
         first = f.read_async(dev, stream=0)
         assert first.wait() == 2 << 20
         assert device_bytes(dev, 2 << 20) == data
@@ -200,14 +199,48 @@ def test_async_falls_back_on_compat_mode_eio(tmp_path, caplog):
         assert second.wait() == 1 << 20
     if os.path.exists("/proc/driver/nvidia-fs"):
         return  # real GDS: async worked natively
-    assert first.used_cufile_async
-    assert not second.used_cufile_async
+    assert first.native
+    assert not second.native
     assert sum("-EIO" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_stream_io_turns_native_again_on_reset_and_on_driver_reopen(tmp_path):
+    """cuFile's -EIO turns its stream path off for the process; `pygds.reset_stream_io()` and a fresh
+    open of the cuFile driver each turn it back on."""
+    if os.path.exists("/proc/driver/nvidia-fs"):
+        pytest.skip("real GDS: async I/O works natively and never turns itself off")
+    data = rand(1 << 20)
+    path = tmp_path / "again.bin"
+    path.write_bytes(data)
+    dev = DeviceBuffer(1 << 20)
+    with pygds.File(path) as f:
+        assert f.read_async(dev, stream=0).wait() == 1 << 20  # the -EIO that turns it off, if not yet off
+        assert not f.read_async(dev, stream=0).native
+        pygds.reset_stream_io()
+        io = f.read_async(dev, stream=0)
+        assert io.native and io.wait() == 1 << 20
+        assert not f.read_async(dev, stream=0).native
+    assert device_bytes(dev, 1 << 20) == data
+    pygds.close_shared()  # the last reference: the driver closes, and opens again for the next file
+    with pygds.File(path) as f:
+        io = f.read_async(dev, stream=0)
+        assert io.native and io.wait() == 1 << 20
+
+
+def test_driver_front_door_names_its_engine_and_registers(tmp_path):
+    dev = DeviceBuffer(1 << 20)
+    with pygds.Driver("auto") as auto, pygds.Driver("cufile") as named, pygds.RegisteredBuffer(dev) as reg:
+        assert (auto.engine, named.engine, reg.engine) == ("cufile", "cufile", "cufile")
+        assert named.use_count() == 1  # libcufile's own count: the driver is open once
+        with pytest.raises(pygds.InvalidArgumentError, match="differs from the engine of the driver"):
+            pygds.RegisteredBuffer(dev, driver=named, engine="hipfile")
+    with pytest.raises(pygds.DriverUnavailableError, match="POSIX engine"):
+        pygds.Driver("posix")
+
+
 def test_auto_falls_back_when_handle_registration_fails(tmp_path, caplog):
-    guard._fallback_logged.clear()
-    with caplog.at_level(logging.WARNING, logger="pygds.guard"):
+    pygds.reset_fallback_log()
+    with caplog.at_level(logging.WARNING, logger="pygds.engines.registry"):
         with pygds.File("/dev/null", "r+") as f:
             assert f.engine == "posix"
         with pygds.File("/dev/null", "r+") as f:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import pygds
-from pygds import pool, stream
+from pygds import pool
 from pygds.memory import DeviceBuffer
 
 SIZE = 8 << 20
@@ -106,7 +106,7 @@ def test_batch_then_close(files, memory):
     batch = pygds.Batch(n)
     for i, buf in enumerate(bufs):
         batch.read(f, buf, part, i * part)
-    assert batch.uses_cufile == (memory == "device")
+    assert batch.engine_batch == ("cufile" if memory == "device" else None)
     batch.submit()
     f.close()
     others = reuse_descriptors(b)
@@ -118,15 +118,15 @@ def test_batch_then_close(files, memory):
     assert got == a.read_bytes()
 
 
-def test_stream_io_then_close(files, monkeypatch):
+def test_stream_io_then_close(files):
     """A stream-ordered read still in flight (cuFileReadAsync, then the threaded fallback that
     compatibility mode needs) is finished by close(), on the file it was started on."""
-    monkeypatch.setattr(stream, "_async_broken", None)  # take the cuFile async path first
+    pygds.reset_stream_io()  # take the cuFile async path first
     a, b = files
     dst = DeviceBuffer(SIZE)
     f = pygds.File(a)
     io = f.read_async(dst, stream=0)
-    assert io.used_cufile_async
+    assert io.native
     f.close()
     others = reuse_descriptors(b)
     assert io.wait() == SIZE
