@@ -19,18 +19,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from pygds import fsinfo
+from pygds.cli.output import parse_size  # noqa: F401  (the benchmarks' size parser)
+
 MiB = 1 << 20
 GiB = 1 << 30
 ALIGNMENT = 4096
-_SIZE_SUFFIX = {"": 1, "K": 1 << 10, "M": MiB, "G": GiB}
-
-
-def parse_size(text: str) -> int:
-    """`32M`, `1G`, `4096` → bytes (binary suffixes)."""
-    found = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", text.upper())
-    if not found:
-        raise ValueError(f"not a size: {text!r}; use e.g. 4096, 32M or 1G")
-    return int(found.group(1)) * _SIZE_SUFFIX[found.group(2)]
 
 
 # -- the machine ----------------------------------------------------------------------------------
@@ -47,20 +41,12 @@ def _first(path: str, pattern: str) -> str:
 
 
 def mount_of(path: str) -> tuple[str, str, str]:
-    """(device, mount point, file system type) of the mount holding `path`."""
-    path = os.path.realpath(path)
-    best = ("unknown", "/", "unknown")
+    """(device, mount point, file system type) of the mount holding `path` (`pygds.fsinfo`)."""
     try:
-        with open("/proc/mounts") as fh:
-            for line in fh:
-                dev, mnt, fstype = line.split()[:3]
-                mnt = mnt.replace("\\040", " ")
-                inside = path == mnt or path.startswith(mnt.rstrip("/") + "/")
-                if inside and len(mnt) >= len(best[1]):
-                    best = (dev, mnt, fstype)
+        mount = fsinfo.mount_of(path)
     except OSError:
-        pass
-    return best
+        return ("unknown", "/", "unknown")
+    return (mount.source, mount.mount_point, mount.fs_type)
 
 
 def machine(path: str) -> dict[str, object]:

@@ -33,9 +33,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+import pygds
 from pygds.cli.output import parse_size
+from pygds.fsinfo import NO_GDS_FILE_SYSTEMS
 
 from .layout import DATA_SUFFIX, WEKA_DATA_SUFFIX, parse_paths
+from .options import CHECKSUM_MODES
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +47,8 @@ MODULE_PATH = "lmcache_plugin.backend"
 CLASS_NAME = "GdsPluginBackend"
 
 DEFAULT_BUFFER_MIB = 1024
-ENGINES = ("auto", "cufile", "hipfile", "posix")
 SHARDINGS = ("by_gpu",)
 GDS_LIBRARIES = ("cufile", "hipfile")
-CHECKSUMS = ("auto", "always", "off")
-# File systems where GPU-direct I/O cannot work (kernel names, as /proc/mounts has them).
-NO_GDS_FSTYPES = ("tmpfs", "ramfs", "overlay")
 WEKA_FSTYPE = "wekafs"
 
 # LMCache's defaults for the top-level keys read here (config.py of 0.5.6).
@@ -205,7 +204,7 @@ def _size(key: str, value: Any) -> int:
 
 def _checksum(key: str, value: Any) -> str:
     """auto | always | off; YAML reads an unquoted `off` as false, which means "off" here too."""
-    return "off" if value is False else _choice(key, value, CHECKSUMS)
+    return "off" if value is False else _choice(key, value, CHECKSUM_MODES)
 
 
 def _fraction(key: str, value: Any) -> float:
@@ -356,7 +355,7 @@ def _resolve_engine(layers: _Layers, settings: dict[str, Any], sources: dict[str
         else:
             lib = _parsed(library, lambda k, v: _choice(k, v, GDS_LIBRARIES))
     if engine is not None:
-        requested = _parsed(engine, lambda k, v: _choice(k, v, ENGINES))
+        requested = _parsed(engine, lambda k, v: _choice(k, v, pygds.ENGINES))
         settings["engine"], settings["engine_explicit"] = requested, requested != "auto"
         sources["engine"] = engine.source
         for other in (switch, library):
@@ -740,7 +739,7 @@ def plan_engine(settings: PluginSettings, fstypes: Mapping[str, str], device_mem
         return EnginePlan("cufile", WEKA_DATA_SUFFIX, "wekafs: cuFile is enforced")
     if not device_memory:
         return EnginePlan("posix", DATA_SUFFIX, _HOST_MEMORY)
-    no_gds = sorted(f"{p} ({t})" for p, t in fstypes.items() if t in NO_GDS_FSTYPES)
+    no_gds = sorted(f"{p} ({t})" for p, t in fstypes.items() if t in NO_GDS_FILE_SYSTEMS)
     if no_gds and settings.engine != "posix":
         if settings.engine_explicit:
             return EnginePlan(settings.engine, DATA_SUFFIX, f"{settings.engine} asked for ({source})",

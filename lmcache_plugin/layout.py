@@ -52,6 +52,9 @@ _TMP_RE = re.compile(r"\.tmp[0-9a-f]{8}$")
 # What quote(key, safe="") can produce: unreserved characters and upper-case %XX escapes, never
 # an escape of an unreserved character; escapes of bytes >= 0x80 must also form valid UTF-8.
 _QUOTED_RE = re.compile(r"(?:[A-Za-z0-9_.~-]|%[0-9A-F]{2})+")
+_NOT_PLAIN_RE = re.compile(r"[^A-Za-z0-9_.~@/%-]")
+"""A character outside those a key text is usually made of: unreserved ones, which `quote` keeps,
+and "@", "/" and "%", which `_quote` escapes itself."""
 _NEEDLESS_ESCAPE_RE = re.compile(r"%(?:2D|2E|3[0-9]|4[1-9A-F]|5[0-9A]|5F|6[1-9A-F]|7[0-9A]|7E)")
 _HIGH_ESCAPE_RE = re.compile(r"%[89A-F][0-9A-F]")
 
@@ -145,10 +148,7 @@ class Layout:
         """The file-name stem (name without suffix) for a key text."""
         if not isinstance(key_text, str) or not key_text:
             raise InvalidKeyError(f"key text must be a non-empty string, got {key_text!r}")
-        try:
-            quoted = urllib.parse.quote(key_text, safe="", errors="strict")
-        except UnicodeEncodeError as exc:
-            raise InvalidKeyError(f"key text {key_text!r} is not encodable as UTF-8: {exc}") from None
+        quoted = _quote(key_text)
         if len(quoted) + len(self.data_suffix) <= MAX_DATA_NAME:
             return quoted
         digest = hashlib.sha1(key_text.encode("utf-8")).hexdigest()
@@ -203,6 +203,18 @@ class Layout:
         the header's `__metadata__.key`) or a name this layout never writes."""
         stem = self.stem_of_data_name(name)
         return None if stem is None else key_from_stem(stem)
+
+
+def _quote(key_text: str) -> str:
+    """`urllib.parse.quote(key_text, safe="")`. Every lookup computes it, so a key made only of
+    unreserved characters, "@", "/" and "%" (LMCache's keys are) is escaped by three C-speed
+    replacements instead of `quote`'s per-character loop."""
+    if _NOT_PLAIN_RE.search(key_text) is None:
+        return key_text.replace("%", "%25").replace("/", "%2F").replace("@", "%40")
+    try:
+        return urllib.parse.quote(key_text, safe="", errors="strict")
+    except UnicodeEncodeError as exc:
+        raise InvalidKeyError(f"key text {key_text!r} is not encodable as UTF-8: {exc}") from None
 
 
 def _fewer_fields_than_a_key(prefix: str) -> str:

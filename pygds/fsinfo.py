@@ -39,8 +39,14 @@ GDS_FILE_SYSTEMS: dict[str, str] = {
 """Kernel file-system names that cuFile can serve with true GPU-direct I/O (cufile.h's
 `CU_FILE_*_SUPPORTED` status flags), with what each one needs."""
 
+NO_GDS_FILE_SYSTEMS = ("tmpfs", "ramfs", "overlay")
+"""Kernel file-system names where GPU-direct I/O cannot work at all (memory-backed or layered):
+cuFile can only run them in compatibility mode, so POSIX I/O is the better choice there."""
+
 _NOT_GDS_NOTES: dict[str, str] = {
     "tmpfs": "tmpfs lives in memory: cuFile runs it in compatibility mode and O_DIRECT may be refused; "
+             "the KV-cache plugin uses POSIX there",
+    "ramfs": "ramfs lives in memory: cuFile runs it in compatibility mode and O_DIRECT is refused; "
              "the KV-cache plugin uses POSIX there",
     "overlay": "overlay is a container's layered root: cuFile cannot do direct I/O on it; "
                "mount a host directory on a GDS file system into the container instead",

@@ -308,7 +308,7 @@ def test_config_with_a_bad_value_is_an_error_not_a_traceback(capsys, tmp_path):
 
 
 def test_an_entry_republished_after_the_scan_is_not_removed(tmp_path):
-    from pygds.cli.cache import _remove_entry, scan
+    from lmcache_plugin.commands.cache import _remove_entry, scan
 
     base = tmp_path / "c"
     [(h, path)] = store_entries(base, [(key("m", 1), 4242)]).values()
@@ -478,3 +478,56 @@ def test_check_config_without_lmcache_says_so(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"{f}: ok" in done.stdout and "note: " in done.stdout and "were not checked" in done.stdout
     assert "lmcache cannot be imported" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# one reader: verify checks what the store's reads check
+
+
+def test_verify_reads_every_entry_as_the_store_does(capsys, tmp_path):
+    """A flipped data byte (the checksum disagrees) and two data files swapped by name (each holds
+    the other's key) are corrupt to `verify`, as they are to the store's reads; gc removes them."""
+    base = tmp_path / "c"
+    stored = store_entries(base, [(key("m", n), 5000 + n) for n in range(4)])
+    (_, flipped), (_, first), (_, second), (k_ok, (h_ok, _)) = stored.items()
+    with open(flipped[1], "r+b") as f:
+        f.seek(HEADER_SIZE + 7)
+        byte = f.read(1)
+        f.seek(HEADER_SIZE + 7)
+        f.write(bytes([byte[0] ^ 1]))
+    a, b = first[1].read_bytes(), second[1].read_bytes()
+    first[1].write_bytes(b)
+    second[1].write_bytes(a)
+    for path in (first[1], second[1]):
+        Path(str(path) + ".metadata").write_bytes(path.read_bytes()[:HEADER_SIZE])
+    with KVStore(StoreOptions(paths=[str(base)], engine="posix", scan=False)) as store:
+        dest = bytearray(HEADER.nbytes)
+        assert [store.get_into(k, h, dest) for k, (h, _) in stored.items()] == [False, False, False, True]
+    v = run_json(capsys, "verify", "--path", str(base), rc=1)
+    problems = {p["path"]: p["problem"] for p in v["problems"]}
+    assert v["status"] == {"ok": 1, "corrupt": 3}
+    assert "checksum" in problems[str(flipped[1])]
+    assert "holds key" in problems[str(first[1])] and "holds key" in problems[str(second[1])]
+    g = run_json(capsys, "gc", "--path", str(base))
+    assert {a["path"] for a in g["actions"]} == {str(flipped[1]), str(first[1]), str(second[1])}
+    assert run_json(capsys, "verify", "--path", str(base))["status"] == {"ok": 1}
+    with KVStore(StoreOptions(paths=[str(base)], engine="posix", scan=False)) as store:
+        dest = bytearray(HEADER.nbytes)
+        assert store.get_into(k_ok, h_ok, dest) and bytes(dest) == data(h_ok)
+
+
+def test_the_config_checker_pygds_info_loads(tmp_path):
+    """`pygds info --config` finds the plugin's checker through the `pygds.config` entry point:
+    the paths the file names and its problems, each with its fix."""
+    from importlib.metadata import entry_points
+
+    [ep] = [ep for ep in entry_points(group="pygds.config") if ep.name == "lmcache"]
+    check = ep.load()
+    good = write_config(tmp_path, "")
+    paths, problems = check(str(good), {})
+    assert paths == [str(tmp_path / "c0"), str(tmp_path / "c1")] and problems == []
+    bad = write_config(tmp_path, "  storage_plugin.gds.checksum: sometimes\n")
+    paths, problems = check(str(bad), {})
+    assert paths == [] and len(problems) == 1 and "checksum='sometimes'" in problems[0] and " Fix: " in problems[0]
+    paths, problems = check(str(good), {"LMCACHE_EXTRA_CONFIG": '{"x": 1}'})
+    assert problems and "LMCACHE_EXTRA_CONFIG" in problems[0]

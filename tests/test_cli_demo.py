@@ -19,7 +19,7 @@ import xxhash
 
 from lmcache_plugin.format import HEADER_SIZE, unpack_header
 from pygds import memory
-from pygds.cli.demo import chunk_shape
+from lmcache_plugin.commands.demo import chunk_shape
 from pygds.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]

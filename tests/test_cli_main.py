@@ -1,6 +1,7 @@
 """The `pygds` command's own behaviour, in real processes: no arguments, and output piped into `head`."""
 from __future__ import annotations
 
+import ast
 import fcntl
 import os
 import subprocess
@@ -47,3 +48,53 @@ def test_output_piped_into_head_ends_quietly_with_141(tmp_path):
     full = subprocess.run([sys.executable, "-m", "pygds", "info", "--no-driver", *paths], env=ENV,
                           capture_output=True, text=True, timeout=60)
     assert full.returncode == 0 and len(full.stdout) > 4 * PIPE_BYTES  # the premise: far more than two reads
+
+
+def _dist_with_commands(tmp_path: Path, commands: dict[str, str]) -> Path:
+    """A real installed-distribution record (`*.dist-info` on the path) registering `commands` in
+    the `pygds.commands` entry-point group, as a package's `pip install` writes it."""
+    site = tmp_path / "site"
+    info = site / "pygds_extra-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pygds-extra\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[pygds.commands]\n" + "".join(f"{name} = {module}\n" for name, module in commands.items()))
+    return site
+
+
+def test_a_broken_plugin_command_is_listed_and_breaks_nothing_else(tmp_path):
+    site = _dist_with_commands(tmp_path, {"broken": "pygds_extra_module_that_is_not_installed"})
+    env = {**ENV, "PYTHONPATH": f"{ROOT}{os.pathsep}{site}"}
+    listing = subprocess.run([sys.executable, "-m", "pygds"], env=env, capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    assert "\n    broken " in listing.stdout and "unavailable: ModuleNotFoundError" in listing.stdout
+    for command in ("info", "bench", "cache", "demo"):
+        assert f"\n    {command} " in listing.stdout
+    info = subprocess.run([sys.executable, "-m", "pygds", "info", "--no-driver", "--json", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert info.returncode == 0 and info.stdout.lstrip().startswith("{"), info.stderr
+    broken = subprocess.run([sys.executable, "-m", "pygds", "broken", "x"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert broken.returncode == 1 and "cannot be loaded" in broken.stderr and "Fix: " in broken.stderr
+    assert "Traceback" not in broken.stderr
+
+
+def test_pygds_runs_without_the_plugin_and_never_imports_it(tmp_path):
+    """With `lmcache_plugin` unimportable, `pygds info` works and the plugin's commands say why
+    they cannot run; no module of pygds imports the plugin."""
+    code = ("import sys; sys.modules['lmcache_plugin'] = None\n"
+            "from pygds.cli.main import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    info = subprocess.run([sys.executable, "-c", code, "info", "--no-driver", str(tmp_path)], env=ENV,
+                          capture_output=True, text=True, timeout=60)
+    assert info.returncode == 0, info.stderr
+    demo = subprocess.run([sys.executable, "-c", code, "demo"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert demo.returncode == 1 and "'demo' command (lmcache_plugin.commands.demo) cannot be loaded" in demo.stderr
+    importers = []
+    for path in sorted((ROOT / "pygds").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "lmcache_plugin" or n.startswith("lmcache_plugin.") for n in names):
+                importers.append(str(path.relative_to(ROOT)))
+    assert importers == []

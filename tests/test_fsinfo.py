@@ -160,3 +160,12 @@ def test_probe_path_of_a_path_that_does_not_exist_yet(tmp_path):
 def test_probe_path_without_o_direct_test(tmp_path):
     facts = fsinfo.probe_path(tmp_path, test_o_direct=False)
     assert facts.exists and facts.o_direct is None and facts.o_direct_detail == "not tested"
+
+
+@pytest.mark.parametrize("kind", fsinfo.NO_GDS_FILE_SYSTEMS)
+def test_file_systems_without_gpu_direct_say_so_and_why(kind):
+    """The one list of file systems where GPU-direct I/O cannot work (the plugin's engine plan
+    reads it too): none is GDS-capable, and each has its own note."""
+    ok, note = fsinfo.gds_support(Mount("/m", kind, "none"))
+    assert not ok and note.startswith(kind) and "compatibility mode" not in note.split(":")[0]
+    assert kind not in fsinfo.GDS_FILE_SYSTEMS

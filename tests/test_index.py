@@ -9,7 +9,8 @@ import time
 import pytest
 
 from lmcache_plugin.format import HEADER_SIZE, EntryHeader, pack_header
-from lmcache_plugin.index import Entry, Index, ScannedDir, Scanner
+from lmcache_plugin.index import Entry, Index, ScannedDir
+from lmcache_plugin.scan import Scanner
 from lmcache_plugin.layout import Layout, metadata_path
 from lmcache_plugin.layout import tmp_path as tmp_name
 
@@ -319,3 +320,21 @@ def test_a_key_stored_in_two_paths_is_indexed_once(tmp_path):
     index, scanner = _scan(layout, threads=4)
     assert len(index) == 2 and scanner.stats.entries == 2
     assert index.get("twice").base in paths and index.get("once").base == paths[1]
+
+
+def test_has_pin_and_unpin():
+    """`has` answers for put and scanned entries alike (a scanned one is not made an `Entry`);
+    pins count, and eviction skips a pinned entry until its last unpin."""
+    index = Index()
+    index.add(_entry("put"))
+    index.add_listed({"listed": ScannedDir("/a", "/a/1", ".kv", True)})
+    assert index.has("put") and index.has("listed") and not index.has("absent")
+    entry = index.get("put")
+    index.pin(entry)
+    index.pin(entry)
+    assert index.take_lru("/a", 10**9, skip={"listed"}) == []
+    assert index.unpin(entry) and index.take_lru("/a", 10**9, skip={"listed"}) == []
+    assert index.unpin(entry) and not index.unpin(entry)
+    assert [e.stem for e in index.take_lru("/a", 10**9, skip={"listed"})] == ["put"]
+    index.pop("listed")
+    assert not index.has("listed")

@@ -238,3 +238,20 @@ def test_name_check_agrees_with_the_quote_round_trip(text):
             exact = False
         exact = exact and stem.isascii()
         assert (layout.stem_of_data_name(stem + DATA_SUFFIX) == stem) == exact, stem
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(min_size=1, max_size=60),
+                 st.text(alphabet="Aa0_.~-@/%:+ é", min_size=1, max_size=60)))
+def test_the_stem_is_quote_of_the_key(text):
+    """Every lookup computes the stem by a fast path for plain keys; it is `quote` exactly."""
+    import urllib.parse
+
+    try:
+        quoted = urllib.parse.quote(text, safe="", errors="strict")
+    except UnicodeEncodeError:
+        with pytest.raises(InvalidKeyError):
+            Layout("/c").stem(text)
+        return
+    if len(quoted) + len(DATA_SUFFIX) <= MAX_DATA_NAME:
+        assert Layout("/c").stem(text) == quoted

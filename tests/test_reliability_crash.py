@@ -1,4 +1,4 @@
-"""Writers killed with SIGKILL at random points (issue 6).
+"""Writers killed with SIGKILL at random points.
 
 A zygote process (this file run as a script) imports the store once and forks writers on demand,
 so a kill costs milliseconds, not an interpreter start. Each writer puts entries of random keys

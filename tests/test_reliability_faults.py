@@ -1,4 +1,4 @@
-"""Real errnos from libc under the KV store (issue 6): an LD_PRELOAD shim (`tests/faults/`) makes
+"""Real errnos from libc under the KV store: an LD_PRELOAD shim (`tests/faults/`) makes
 writes, reads and opens of files under the cache directory fail with ENOSPC, EDQUOT, EIO, EACCES,
 EPERM or EROFS, in a subprocess running the store (or the LMCache adapter).
 
@@ -207,7 +207,7 @@ def test_read_fault_drops_the_entry_and_never_serves_bytes(shim, tmp_path, case)
     ]}
     out, logs = run_worker(shim.env(cache, errno=errno_name, ops=ops, skip=skip, after_bytes=after), plan, tmp_path)
     assert out["results"] == ["miss", "miss", False, False, 0, "miss", "hit", "hit", True, "hit", []]
-    assert len(logs[0]) == 1 and logs[0][0].startswith("WARNING:lmcache_plugin.store:dropping"), logs[0]
+    assert len(logs[0]) == 1 and logs[0][0].startswith("WARNING:lmcache_plugin.entries:dropping"), logs[0]
     assert names_cause(logs[0][0], errno_name), logs[0][0]
     assert not any(logs[1:]), logs
     assert out["stats"]["read_errors"] == 1 and out["stats"]["corrupt"] == 0

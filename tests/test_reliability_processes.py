@@ -1,4 +1,4 @@
-"""Several processes on one set of paths (issue 6): 4 workers, devices 0-3 on 2 paths (so 2
+"""Several processes on one set of paths: 4 workers, devices 0-3 on 2 paths (so 2
 workers write each path), for a few seconds put, read, remove, pin and evict overlapping keys.
 The workers writing the first path have a capacity bound, so eviction runs throughout; the
 second path is unbounded.

@@ -783,3 +783,30 @@ def test_requests_are_served_while_a_large_scan_runs(tmp_path, stores):
     assert store.wait_for_scan(120)
     stats = store.stats()
     assert stats.entries == 50_002 and stats.scan_done and stats.scan_errors == 0
+
+
+def test_batched_contains_counts_the_prefix_and_reads_no_further(tmp_path, stores):
+    """LMCache's prefix lookup: hits up to the first miss, the keys after it never looked at;
+    with `pin` exactly the hits are pinned. Scanned entries, put entries and entries found on
+    disk (another store wrote them) all count."""
+    writer = stores([str(tmp_path / "c")], scan=False)
+    for i in range(4):
+        assert writer.put(*key(i), bytes(8), u8(8))
+    store = stores([str(tmp_path / "c")])
+    assert store.wait_for_scan(30)
+    assert store.put(*key(10), bytes(8), u8(8))
+    assert writer.put(*key(11), bytes(8), u8(8))  # not indexed by `store`: found on disk
+    looked_at: list[int] = []
+
+    def keys(order: list[int]):
+        for i in order:
+            looked_at.append(i)
+            yield key(i)
+
+    assert store.batched_contains(keys([0, 10, 11, 1, 99, 2, 3])) == 4 and looked_at == [0, 10, 11, 1, 99]
+    assert store.batched_contains(keys([0, 1, 2, 3])) == 4
+    assert store.batched_contains([("", 5), key(0)]) == 0  # an unstorable key is a miss
+    assert not any(store.is_pinned(*key(i)) for i in (0, 1, 2, 3, 10, 11))
+    assert store.batched_contains(keys([2, 3, 98, 0]), pin=True) == 2
+    assert [store.is_pinned(*key(i)) for i in (0, 1, 2, 3)] == [False, False, True, True]
+    assert store.batched_contains([]) == 0

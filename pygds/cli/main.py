@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import io
 import logging
 import os
 import signal
 import sys
 import threading
-from typing import Iterator, Sequence
+from types import ModuleType
+from typing import Any, Iterator, Sequence
 
 from .. import __version__
 from ..errors import PygdsError
-from . import CommandError, UsageError, bench, cache, demo, info
+from . import CommandError, UsageError, bench, info
 
 log = logging.getLogger(__name__)
 
+COMMANDS_GROUP = "pygds.commands"
+"""Entry-point group of commands other packages add to `pygds`: each names a module with
+`add_parser(subparsers)` (the LMCache plugin adds `cache` and `demo` this way)."""
 TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
@@ -38,11 +43,42 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+def plugin_commands() -> list[tuple[importlib.metadata.EntryPoint, ModuleType | Exception]]:
+    """The `pygds.commands` entry points, each with its module, or the error loading it raised
+    (a broken plugin must not take the other commands down)."""
+    found: dict[str, importlib.metadata.EntryPoint] = {}
+    for ep in importlib.metadata.entry_points(group=COMMANDS_GROUP):
+        found.setdefault(ep.name, ep)
+    out: list[tuple[importlib.metadata.EntryPoint, ModuleType | Exception]] = []
+    for name in sorted(found):
+        ep = found[name]
+        try:
+            out.append((ep, ep.load()))
+        except Exception as exc:  # whatever the plugin's import raised
+            log.debug("cannot load the %r command from %s", name, ep.value, exc_info=True)
+            out.append((ep, exc))
+    return out
+
+
+def _add_unavailable(subparsers: Any, ep: importlib.metadata.EntryPoint, exc: Exception) -> None:
+    """A command whose module cannot be loaded: listed, and running it says why (exit 1)."""
+    why = f"{type(exc).__name__}: {exc}"
+    p = subparsers.add_parser(ep.name, help=f"(unavailable: {why})", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def unavailable(_args: argparse.Namespace) -> int:
+        dist = ep.dist.name if ep.dist is not None else "the package that provides it"
+        raise CommandError(f"the {ep.name!r} command ({ep.value}) cannot be loaded: {why}. "
+                           f"Fix: install what the error names, or reinstall {dist}")
+
+    p.set_defaults(func=unavailable, parser=p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pygds",
-        description="GPU-Direct-Storage for Python: diagnostics, a gdsio-class benchmark, LMCache GDS cache "
-                    "management and a KV-cache demo.",
+        description="GPU-Direct-Storage for Python: diagnostics and a gdsio-class benchmark, plus the commands "
+                    "installed packages add (the LMCache plugin: cache management and a KV-cache demo).",
         epilog="Exit codes: 0 success, 1 failure (or problems found by 'cache verify' / 'cache check-config'), "
                "2 bad arguments, 128+N ended by signal N (130 Ctrl-C, 141 output closed early, 143 SIGTERM). "
                "Logs go to stderr; --json output is the only thing on stdout.")
@@ -50,8 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log more to stderr (-v info, -vv debug)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (info, bench, cache, demo):
+    for module in (info, bench):
         module.add_parser(subparsers)
+    for ep, loaded in plugin_commands():
+        if isinstance(loaded, Exception):
+            _add_unavailable(subparsers, ep, loaded)
+            continue
+        try:
+            loaded.add_parser(subparsers)
+        except Exception as exc:  # a plugin's parser that cannot be built
+            _add_unavailable(subparsers, ep, exc)
     return parser
 
 
@@ -62,7 +106,8 @@ def _setup_logging(verbosity: int) -> None:
         logging.getLogger().addHandler(handler)
     if verbosity:
         level = logging.INFO if verbosity == 1 else logging.DEBUG
-        for name in ("pygds", "lmcache_plugin"):
+        names = {"pygds"} | {ep.value.split(".", 1)[0] for ep in importlib.metadata.entry_points(group=COMMANDS_GROUP)}
+        for name in names:
             logging.getLogger(name).setLevel(level)
 
 

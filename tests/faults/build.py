@@ -1,5 +1,5 @@
 """Compile the fault-injection shim (`fault_shim.c`) and give the environment that runs a process
-under it (issue 6).
+under it.
 
 `build_fault_shim(dest)` builds `libpygds_fault_shim.so` with the system C compiler (the same
 finder as the CUDA stand-in). `FaultShim.env(prefix, ...)` is the environment of a subprocess

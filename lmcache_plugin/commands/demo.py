@@ -1,4 +1,4 @@
-"""`pygds demo`: the README's main job — a KV-chunk round trip through the LMCache plugin's store.
+"""`pygds demo`: the README's main job, a KV-chunk round trip through the plugin's store.
 
 It stores `--chunks` KV chunks shaped like LMCache's for Llama-3.1-8B (bf16, [2, 32 layers,
 tokens, 8 heads x 128]; 32 MiB for 256 tokens) in a cache directory through
@@ -20,16 +20,16 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from lmcache_plugin.config import ConfigError, PluginSettings, plan_engine
-from lmcache_plugin.format import EntryHeader
-from lmcache_plugin.layout import fanout
-from lmcache_plugin.store import KVStore, StoreOptions
+import pygds
+from pygds import cuda, fsinfo, memory
+from pygds.cli import CommandError, UsageError
+from pygds.cli.output import human_bytes, positive_int_arg, print_json, say
+from pygds.cli.progress import Progress
 
-from .. import fsinfo, guard, memory
-from ..file import File
-from . import CommandError, UsageError
-from .output import human_bytes, positive_int_arg, print_json, say
-from .progress import Progress
+from ..config import ConfigError, PluginSettings, plan_engine
+from ..format import EntryHeader
+from ..layout import fanout
+from ..store import KVStore, StoreOptions
 
 MODEL = "meta-llama/Llama-3.1-8B"
 LAYERS, KV_HEADS, HEAD_DIM = 32, 8, 128
@@ -47,7 +47,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=positive_int_arg, default=8, metavar="N", help="number of KV chunks (default 8)")
     p.add_argument("--tokens", type=positive_int_arg, default=256, metavar="N",
                    help="tokens per chunk (default 256: 32 MiB per chunk; 128 KiB per token)")
-    p.add_argument("--engine", choices=guard.ENGINES, default="auto", help="engine to ask for (default auto)")
+    p.add_argument("--engine", choices=pygds.ENGINES, default="auto", help="engine to ask for (default auto)")
     p.add_argument("--keep", action="store_true", help="leave the entries in --dir afterwards")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="force the progress bar on or off (default: on when stderr is a terminal)")
@@ -79,12 +79,12 @@ def _engine_used(directory: str, planned: str, plan_reason: str) -> tuple[str, s
         return "posix", plan_reason
     probe = os.path.join(directory, f".pygds-demo-probe-{os.getpid()}")
     try:
-        with File(probe, "w", engine=planned) as f:
+        with pygds.File(probe, "w", engine=planned) as f:
             used = f.engine
     finally:
         if os.path.exists(probe):
             os.unlink(probe)
-    choice = guard.choose_engine(planned)
+    choice = pygds.choose_engine(planned)
     reason = f"{plan_reason}; pygds: {choice.reason}"
     if used != choice.name:
         reason += f"; opening a file there fell back to {used} (see the warning above)"
@@ -181,7 +181,7 @@ def _plan(directory: str, temporary: bool, hashes: list[int], args: argparse.Nam
     os.makedirs(directory, exist_ok=True)
     planned, suffix, reason = _plan_engine(directory, args.engine, device)
     if not device:
-        reason += f"; no usable CUDA GPU: {guard.check_cuda_driver().reason}"
+        reason += f"; no usable CUDA GPU: {cuda.check_driver().reason}"
     if args.engine != "auto" and planned != args.engine:
         reason = f"--engine {args.engine} overridden as the plugin would: {reason}"
     engine, reason = _engine_used(directory, planned, reason)

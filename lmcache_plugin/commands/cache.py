@@ -4,6 +4,10 @@ An entry is `<base>/<h[:2]>/<h[2:4]>/<quoted key><suffix>` (suffix `.kvcache.saf
 `.weka1` on Weka) holding a 4 KiB header and the data, plus `<data file>.metadata`, a copy of the
 header. Writers write `<final>.tmp<8 hex>` and rename it, data first and `.metadata` last.
 
+It is built on the store's own parts: the scan's listing and naming rules (`scan.walk`,
+`scan.sort_names`), the index's `Entry`, the store's reader (`reader.verify_file`: header, key,
+length and checksum) and its publish and removal steps (`publish.py`).
+
 Safe against a running backend: `stats`, `ls` and `verify` only read; `gc` removes temporary
 files and orphaned `.metadata` only when older than `--min-age`, corrupt data files (which a
 rename made final, so no writer still owns them), and rebuilds missing or bad `.metadata` from
@@ -14,35 +18,30 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import os
 import shlex
+import stat
 import time
 import urllib.parse
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from lmcache_plugin.config import ConfigError, check_config, load_settings
-from lmcache_plugin.format import HEADER_SIZE, CorruptEntryError, unpack_header
-from lmcache_plugin.layout import (
-    BOUNDED_MARK,
-    DATA_SUFFIX,
-    METADATA_SUFFIX,
-    WEKA_DATA_SUFFIX,
-    is_tmp_name,
-    key_from_stem,
-    parse_paths,
-    tmp_path,
-)
-from lmcache_plugin.store import BOUNDED_KEY_FIELD, STATS_DIR
+from pygds.cli import CommandError, UsageError
+from pygds.cli.output import count, duration_arg, format_duration, human_age, human_bytes, print_json, say, size_arg, table
+from pygds.cli.progress import Progress
 
-from . import CommandError, UsageError
-from .output import count, duration_arg, format_duration, human_age, human_bytes, print_json, say, size_arg, table
-from .progress import Progress
+from ..config import ConfigError
+from ..counters import read_published
+from ..format import HEADER_SIZE, CorruptEntryError, EntryHeader, unpack_header
+from ..index import Entry
+from ..layout import BOUNDED_MARK, DATA_SUFFIX, WEKA_DATA_SUFFIX, Layout, key_from_stem, metadata_path, parse_paths
+from ..publish import delete_entry_files, publish_bytes
+from ..reader import read_header, verify_file
+from ..scan import sort_names, walk
+from . import check_config
 
 DEFAULT_MIN_AGE_S = 3600.0
-_FAN_OUT_DEPTH = 2
 _NAMED_UNKNOWN = 5  # unknown files named in the report; the rest are counted
 
 
@@ -98,12 +97,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--dry-run", "-n", action="store_true", help="only say what would be evicted")
     e.set_defaults(func=run_evict, parser=e)
 
-    c = sub.add_parser("check-config", help="validate an LMCache configuration for the gds plugin (exit 1 on problems)")
-    c.add_argument("file", metavar="FILE", help="the LMCache YAML configuration")
-    c.add_argument("--ignore-env", action="store_true",
-                   help="check the file alone, without the LMCACHE_* environment variables LMCache would layer on it")
-    c.add_argument("--json", action="store_true", help="print JSON on stdout")
-    c.set_defaults(func=run_check_config, parser=c)
+    check_config.add_parser(sub)
     return p
 
 
@@ -112,26 +106,42 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 @dataclass
-class Entry:
-    """One data file and what is known about it."""
+class Found:
+    """A data file the listing found: the index's `Entry` (stem, base, path, bytes on disk, key,
+    header) and what `pygds cache` adds: times, the `.metadata`'s size and the check's verdict."""
 
-    base: str
-    path: str
-    suffix: str
-    stem: str
-    key: str | None
-    model: str | None
-    size: int
+    entry: Entry
+    layout: Layout
+    size: int  # of the data file
     mtime: float
     atime: float
     metadata_size: int | None = None  # None: no .metadata
-    status: str = "unchecked"  # ok | publishing | missing-metadata | bad-metadata | corrupt
+    status: str = "unchecked"  # ok | publishing | missing-metadata | bad-metadata | corrupt | gone
     problem: str = ""
-    header: Any = None
+
+    @property
+    def path(self) -> str:
+        return self.entry.path
+
+    @property
+    def base(self) -> str:
+        return self.entry.base
+
+    @property
+    def key(self) -> str | None:
+        return self.entry.key_text
+
+    @property
+    def header(self) -> EntryHeader | None:
+        return self.entry.header
+
+    @property
+    def model(self) -> str | None:
+        return model_of(self.key, self.entry.stem)
 
     @property
     def metadata_path(self) -> str:
-        return self.path + ".metadata"
+        return metadata_path(self.path)
 
     @property
     def last_used(self) -> float:
@@ -173,7 +183,7 @@ class Scan:
 
     paths: list[str]
     missing: list[str] = field(default_factory=list)
-    entries: list[Entry] = field(default_factory=list)
+    entries: list[Found] = field(default_factory=list)
     temps: list[Leftover] = field(default_factory=list)
     orphans: list[Leftover] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
@@ -190,84 +200,75 @@ def model_of(key: str | None, stem: str) -> str | None:
     return text.split("@", 1)[0]
 
 
-def _walk(base: str, errors: list[str]) -> Iterator[tuple[os.DirEntry, int]]:
-    stack = [(base, 0)]
-    while stack:
-        directory, depth = stack.pop()
-        try:
-            with os.scandir(directory) as it:
-                items = list(it)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            errors.append(f"cannot list {directory}: {exc.strerror or exc}")
-            continue
-        for item in items:
-            try:
-                if item.is_dir(follow_symlinks=False):
-                    if depth < _FAN_OUT_DEPTH and item.name != STATS_DIR:
-                        stack.append((item.path, depth + 1))
-                elif item.is_file(follow_symlinks=False):
-                    yield item, depth
-            except OSError as exc:
-                errors.append(f"cannot stat {item.path}: {exc.strerror or exc}")
+def _regular(path: str) -> os.stat_result | None:
+    """lstat of a regular file; None for anything else, or a file that vanished."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
 
 
 def scan(paths: list[str], *, min_age: float = DEFAULT_MIN_AGE_S, now: float | None = None) -> Scan:
-    """List the cache under `paths` (both data suffixes, duplicates of one directory once)."""
+    """List the cache under `paths` (both data suffixes, duplicates of one directory once), with
+    the store's own listing and naming rules."""
     now = time.time() if now is None else now
-    unique: list[str] = []
-    for p in paths:
-        if os.path.realpath(p) not in {os.path.realpath(u) for u in unique}:
-            unique.append(p)
-    result = Scan(paths=unique)
-    suffixes = (DATA_SUFFIX, WEKA_DATA_SUFFIX)
-    for base in unique:
+    layouts = [Layout(paths, data_suffix=suffix) for suffix in (DATA_SUFFIX, WEKA_DATA_SUFFIX)]
+    result = Scan(paths=list(layouts[0].unique_paths))
+
+    def listing_failed(directory: str, exc: OSError) -> None:
+        if not isinstance(exc, FileNotFoundError):
+            result.errors.append(f"cannot list {directory}: {exc.strerror or exc}")
+
+    def leftover(base: str, path: str, st: os.stat_result) -> Leftover:
+        age = now - st.st_mtime
+        return Leftover(base, path, st.st_size, age, age > min_age)
+
+    for base in result.paths:
         if not os.path.isdir(base):
             result.missing.append(base)
             continue
-        data: dict[str, Entry] = {}
-        metas: dict[str, tuple[os.DirEntry, os.stat_result]] = {}
-        for item, _depth in _walk(base, result.errors):
-            name = item.name
-            try:
-                st = item.stat(follow_symlinks=False)
-            except OSError:
-                continue  # vanished while listing
-            if is_tmp_name(name):
-                age = now - st.st_mtime
-                result.temps.append(Leftover(base, item.path, st.st_size, age, age > min_age))
-                continue
-            if name.endswith(METADATA_SUFFIX) and name[: -len(METADATA_SUFFIX)].endswith(suffixes):
-                metas[item.path[: -len(METADATA_SUFFIX)]] = (item, st)
-                continue
-            suffix = next((s for s in suffixes if name.endswith(s) and len(name) > len(s)), None)
-            if suffix is None:
-                result.unknown.append(item.path)
-                continue
-            stem = name[: -len(suffix)]
-            key = key_from_stem(stem)
-            data[item.path] = Entry(base=base, path=item.path, suffix=suffix, stem=stem, key=key,
-                                    model=model_of(key, stem), size=st.st_size, mtime=st.st_mtime,
-                                    atime=st.st_atime)
-        for data_path, (item, st) in metas.items():
-            entry = data.get(data_path)
-            if entry is None:
-                age = now - st.st_mtime
-                result.orphans.append(Leftover(base, item.path, st.st_size, age, age > min_age))
-            else:
-                entry.metadata_size = st.st_size
-        result.entries.extend(sorted(data.values(), key=lambda e: e.path))
+        found: list[Found] = []
+        for directory, names in walk(base, listing_failed):
+            sorted_ = sort_names(names, layouts)
+            for name in sorted_.temps:
+                path = os.path.join(directory, name)
+                if (st := _regular(path)) is not None:
+                    result.temps.append(leftover(base, path, st))
+            data: dict[str, Found] = {}
+            for name, (stem, layout) in sorted_.data.items():
+                path = os.path.join(directory, name)
+                if (st := _regular(path)) is not None:
+                    entry = Entry(stem, base, path, st.st_size, False, key_text=key_from_stem(stem))
+                    data[name] = Found(entry, layout, st.st_size, st.st_mtime, st.st_atime)
+            for name in sorted_.metadata:
+                path = metadata_path(os.path.join(directory, name))
+                if (st := _regular(path)) is None:
+                    continue
+                if name in data:
+                    data[name].metadata_size = st.st_size
+                    data[name].entry.size = data[name].disk_bytes
+                    data[name].entry.has_metadata = True
+                elif any(layout.stem_of_data_name(name) for layout in layouts):
+                    result.orphans.append(leftover(base, path, st))
+                else:
+                    result.unknown.append(path)
+            result.unknown += [p for p in (os.path.join(directory, n) for n in sorted_.others) if _regular(p)]
+            found += data.values()
+        result.entries.extend(sorted(found, key=lambda e: e.path))
     return result
 
 
-def check_entry(entry: Entry, *, min_age: float, now: float) -> None:
-    """Read the header (and `.metadata`) of one entry and set its status and problem."""
+def check_entry(entry: Found, *, min_age: float, now: float, whole: bool = True) -> None:
+    """Check one entry as the store's reader does and set its status and problem: its header,
+    the key it names and its length, and with `whole` all of its data and its checksum; then
+    its `.metadata`."""
     try:
-        with open(entry.path, "rb") as f:
-            head = f.read(HEADER_SIZE)
-            size = os.fstat(f.fileno()).st_size
-        entry.header = unpack_header(head, file_size=size)
+        if whole:
+            header = verify_file(entry.path, entry.entry.stem, entry.layout)
+        else:
+            with open(entry.path, "rb", buffering=0) as f:
+                header, _ = read_header(f.fileno(), entry.entry.stem, None, entry.layout)
     except FileNotFoundError:
         entry.status, entry.problem = "gone", "removed while checking"
         return
@@ -277,9 +278,9 @@ def check_entry(entry: Entry, *, min_age: float, now: float) -> None:
     except OSError as exc:
         entry.status, entry.problem = "corrupt", f"cannot read: {exc.strerror or exc}"
         return
-    stored_key = entry.header.extra.get(BOUNDED_KEY_FIELD)
-    if entry.key is None and isinstance(stored_key, str):  # a long key under a bounded name
-        entry.key, entry.model = stored_key, model_of(stored_key, entry.stem)
+    entry.entry.header = header
+    if entry.key is None:  # a long key under a bounded name: only the header records it
+        entry.entry.key_text = header.key
     if entry.metadata_size is None:
         if now - entry.mtime <= min_age:
             entry.status = "publishing"  # its writer renames the .metadata in after the data
@@ -335,16 +336,6 @@ def _named(paths: list[str]) -> str:
     return f"{shown} and {rest} more" if rest > 0 else shown
 
 
-def config_paths(config: str) -> list[str]:
-    """The gds_path entries of an LMCache YAML file, read the way the plugin reads them.
-
-    The `LMCACHE_*` environment is layered on the file as LMCache does. Raises
-    `lmcache_plugin.config.ConfigError` for a bad value.
-    """
-    settings = load_settings(None, environ={**os.environ, "LMCACHE_CONFIG_FILE": config}, create_dirs=False)
-    return list(settings.paths)
-
-
 def _paths(args: argparse.Namespace) -> list[str]:
     """DIR arguments, --path and --config's gds_path, absolute and `~`-expanded (`parse_paths`)."""
     paths = parse_paths([*args.dirs, *(args.path or [])])
@@ -355,7 +346,7 @@ def _paths(args: argparse.Namespace) -> list[str]:
         if not os.path.isfile(args.config):
             raise UsageError(f"--config {args.config}: no such file")
         try:
-            paths += config_paths(args.config)
+            paths += check_config.config_paths(args.config, os.environ)
         except ConfigError as exc:
             raise CommandError(f"{args.config}: {exc}") from None
     if not paths:
@@ -382,45 +373,24 @@ def _remove(path: str) -> bool:
     return True
 
 
-def _remove_entry(entry: Entry) -> bool:
-    """Remove `.metadata` first (so no scan indexes a half-removed entry), then the data file.
-
-    False, touching nothing, when the data file is gone or was replaced since the scan (a writer
-    republished the key meanwhile).
-    """
+def _remove_entry(entry: Found) -> bool:
+    """Remove the entry as the store does (`.metadata` first, so no scan indexes a half-removed
+    entry, then the data file). False, touching nothing, when the data file is gone or was
+    replaced since the scan (a writer republished the key meanwhile)."""
     try:
         st = os.stat(entry.path)
     except FileNotFoundError:
         return False
     if (st.st_mtime, st.st_size) != (entry.mtime, entry.size):
         return False
-    if entry.metadata_size is not None:
-        _remove(entry.metadata_path)
-    return _remove(entry.path)
+    removed, error = delete_entry_files(entry.path)
+    if error is not None:
+        raise error
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------
 # actions
-
-
-def read_counters(paths: list[str]) -> list[dict]:
-    """The counters running (or finished) stores published under each path's STATS_DIR."""
-    records = []
-    for base in paths:
-        folder = os.path.join(base, STATS_DIR)
-        try:
-            names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
-        except OSError:
-            continue
-        for name in names:
-            try:
-                with open(os.path.join(folder, name), encoding="utf-8") as f:
-                    record = json.load(f)
-            except (OSError, ValueError):
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
 
 
 _COUNTER_COLUMNS = ("hits", "misses", "bytes_read", "bytes_written", "put_errors", "read_errors",
@@ -452,7 +422,7 @@ def run_stats(args: argparse.Namespace) -> int:
         "unknown_files": len(result.unknown),
         "unknown_paths": result.unknown,
         "errors": result.errors,
-        "counters": read_counters(result.paths),
+        "counters": read_published(result.paths),
     }
     if args.json:
         print_json(report)
@@ -495,7 +465,7 @@ def run_ls(args: argparse.Namespace) -> int:
     entries.sort(key=order)
     if args.long:
         for e in entries:
-            check_entry(e, min_age=DEFAULT_MIN_AGE_S, now=now)
+            check_entry(e, min_age=DEFAULT_MIN_AGE_S, now=now, whole=False)
     if args.json:
         print_json([e.as_dict() for e in entries])
         return 0
@@ -552,19 +522,11 @@ def run_verify(args: argparse.Namespace) -> int:
     return 1 if problems or result.errors else 0
 
 
-def _write_metadata(entry: Entry) -> None:
-    """Publish `.metadata` from the data file's header: temporary file, then rename (as writers do)."""
+def _write_metadata(entry: Found) -> None:
+    """Publish `.metadata` from the data file's header, as the store rebuilds it."""
     with open(entry.path, "rb") as f:
         head = f.read(HEADER_SIZE)
-    tmp = tmp_path(entry.metadata_path)
-    try:
-        with open(tmp, "xb") as f:
-            f.write(head)
-        os.replace(tmp, entry.metadata_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    publish_bytes(entry.metadata_path, head)
 
 
 def run_gc(args: argparse.Namespace) -> int:
@@ -618,7 +580,7 @@ def run_evict(args: argparse.Namespace) -> int:
     now = time.time()
     result = scan(_paths(args), min_age=args.min_age, now=now)
     remaining: dict[str, int] = dict.fromkeys(result.paths, 0)
-    candidates: dict[str, list[Entry]] = defaultdict(list)
+    candidates: dict[str, list[Found]] = defaultdict(list)
     for e in result.entries:
         remaining[e.base] += e.disk_bytes
         if e.metadata_size is None and now - e.mtime <= args.min_age:
@@ -646,22 +608,3 @@ def run_evict(args: argparse.Namespace) -> int:
             say(f"{verb} {x['key'] or x['path']} ({human_bytes(x['bytes'])}): {x['reason']}")
         say(f"{verb} {count(len(evicted), 'entry', 'entries')}, {human_bytes(report['freed_bytes'])}")
     return 0
-
-
-def run_check_config(args: argparse.Namespace) -> int:
-    if not os.path.isfile(args.file):
-        raise UsageError(f"{args.file}: no such file")
-    notes: list[str] = []
-    problems = check_config(args.file, None if args.ignore_env else dict(os.environ), notes)
-    if args.json:
-        print_json({"file": args.file, "ok": not problems, "problems": problems, "notes": notes})
-        return 1 if problems else 0
-    if problems:
-        say(f"{args.file}: {len(problems)} problem(s)")
-        for n, p in enumerate(problems, 1):
-            say(f"{n:>3}. {p}")
-    else:
-        say(f"{args.file}: ok")
-    for note in notes:
-        say(f"note: {note}")
-    return 1 if problems else 0

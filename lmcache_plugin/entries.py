@@ -1,0 +1,130 @@
+"""Keeping the index true to the disk: finding entries on disk, forgetting vanished ones,
+dropping bad ones and putting back ones that could not be deleted.
+
+Paths are shared with other writers (other stores, `pygds cache evict`, a user's `mv`), so the
+index only says where to look. A bad file is remembered by its identity (path, inode, size,
+mtime) so that probes skip it until it changes (a new put replaces it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+from .claims import Claims
+from .counters import Counters
+from .format import HEADER_SIZE
+from .index import Entry, Index
+from .layout import Layout, metadata_path
+
+logger = logging.getLogger(__name__)
+
+Identity = tuple[str, int, int, int]
+
+
+def stat_by_open(path: str) -> os.stat_result:
+    """`fstat` of `path` opened read-only. Unlike `os.stat`, an open is not answered from a
+    network or FUSE file system's attribute cache, which can report a file that another machine
+    removed as present for up to a second. O_NONBLOCK: a FIFO at the name must not block."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _identity(path: str, st: os.stat_result) -> Identity:
+    return (path, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class Entries:
+    """The index with its upkeep against the disk."""
+
+    def __init__(self, index: Index, layout: Layout, claims: Claims, counters: Counters) -> None:
+        self.index = index
+        self.layout = layout
+        self._claims = claims
+        self._counters = counters
+        self._bad: dict[str, Identity] = {}
+
+    def find(self, key_text: str, chunk_hash: int | str, *, touch: bool) -> Entry | None:
+        """Index first, then disk; None while the stem is being written or deleted."""
+        stem = self.layout.stem(key_text)
+        if self._claims.is_busy(stem):
+            return None
+        entry = self.index.get(stem, touch=touch)
+        if entry is None:
+            entry = self.probe(key_text, chunk_hash, stem)
+        if entry is not None and entry.key_text is None:
+            entry.key_text = key_text
+        return entry
+
+    def probe(self, key_text: str, chunk_hash: int | str, stem: str) -> Entry | None:
+        """Look for the entry's data file in every path; index and return it when found."""
+        for base, path in self.layout.candidate_paths(key_text, chunk_hash):
+            try:
+                st = stat_by_open(path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or self._bad.get(stem) == _identity(path, st):
+                continue
+            has_meta = os.path.exists(metadata_path(path))
+            entry = Entry(
+                stem=stem,
+                base=base,
+                path=path,
+                size=st.st_size + (HEADER_SIZE if has_meta else 0),
+                has_metadata=has_meta,
+                key_text=key_text,
+            )
+            return self.index.add(entry)
+        return None
+
+    def on_disk(self, key_text: str, chunk_hash: int | str, stem: str) -> bool:
+        """True when the key's data file is on disk, in any path. An indexed entry whose file
+        another process removed is forgotten."""
+        entry = self.index.get(stem)
+        if entry is not None:
+            try:
+                stat_by_open(entry.path)
+                return True
+            except (FileNotFoundError, NotADirectoryError):
+                self.forget(entry)
+            except OSError:
+                return True  # cannot tell; what is there stays
+        return self.probe(key_text, chunk_hash, stem) is not None
+
+    def drop(self, entry: Entry, exc: BaseException, st: os.stat_result | None, counter: str) -> None:
+        """Forget a bad entry (index and future probes of the same file), one warning."""
+        if self.index.get(entry.stem) is entry:
+            self.index.pop(entry.stem)
+        if st is None:
+            try:
+                st = os.stat(entry.path)
+            except OSError:
+                pass
+        if st is not None:
+            self._bad[entry.stem] = _identity(entry.path, st)
+        self._counters.bump(**{counter: 1})
+        logger.warning("dropping KV cache entry %s: %s", entry.path, exc)
+
+    def forget(self, entry: Entry) -> None:
+        """The entry's file vanished: drop it from the index quietly."""
+        if self.index.get(entry.stem) is entry:
+            self.index.pop(entry.stem)
+
+    def keep(self, entry: Entry) -> int:
+        """An entry whose data file could not be deleted stays indexed (is put back), with its
+        `.metadata` flag and size as they are now on disk; returns the bytes freed anyway."""
+        has_metadata = os.path.exists(metadata_path(entry.path))
+        before = size = entry.size
+        if size is not None and entry.has_metadata and not has_metadata:
+            size -= HEADER_SIZE
+        entry = self.index.add(entry)
+        self.index.set_size(entry, size, has_metadata)
+        return (before or 0) - (size or 0)
+
+    def cleared(self, stem: str) -> None:
+        """A new file under `stem` (a put) or none at all (a removal): probes may find it again."""
+        self._bad.pop(stem, None)

@@ -1,0 +1,275 @@
+"""Reading entries and proving them: the header, the key it names, the length, the checksum.
+
+Nothing on disk is taken on trust. Every read re-reads the header from the open file and checks
+it against the key asked for (a renamed or swapped file, or a name a case-insensitive file system
+folds onto another, holds another key), the file's length, the header `lookup` returned and the
+destination; it checks that all the data came and verifies the checksum of exactly the bytes
+read. `verify_file` runs the same checks for `pygds cache verify`, reading into host memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pygds
+
+from .entries import Entries
+from .format import HEADER_SIZE, CorruptEntryError, EntryHeader, checksum_of, unpack_header
+from .index import Entry
+from .layout import InvalidKeyError, Layout, is_bounded_stem, key_from_stem, metadata_path
+from .publish import OpenFile, publish_bytes
+
+logger = logging.getLogger(__name__)
+
+HOST_KINDS = ("host", "pinned")
+"""Buffer kinds the CPU hashes in place; device and managed memory need a copy to the host."""
+_STAGING_BYTES = 16 << 20
+"""Piece size of the host copy through which device memory is hashed, and of `verify_file`'s reads."""
+IO_ERRORS = (OSError, pygds.PygdsError)
+"""What a failed data-file operation raises (`pygds.IOFailedError` is both)."""
+
+
+class EntryGoneError(LookupError):
+    """The entry vanished between lookup and read (removed, evicted); treat it as a miss."""
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """What `lookup` returns: where an entry lives and its validated header."""
+
+    key_text: str
+    path: str
+    base: str
+    size: int
+    header: EntryHeader
+
+
+def check_key(stem: str, header: EntryHeader, key_text: str | None, layout: Layout) -> None:
+    """Refuse a header naming another key than the entry's. Without `key_text` the expected key
+    is the one the stem was made from. A header without a key (LMCache wrote it) passes, except
+    under a bounded name, whose key only the header records."""
+    stored = header.key
+    if stored is None:
+        if is_bounded_stem(stem):
+            raise CorruptEntryError("the entry under a bounded name records no key")
+        return
+    expected = key_text or key_from_stem(stem)
+    if expected is not None:
+        if stored != expected:
+            raise CorruptEntryError(f"entry holds key {stored!r}, not {expected!r}"[:300])
+        return
+    try:
+        same = layout.stem(stored) == stem
+    except InvalidKeyError:
+        same = False
+    if not same:
+        raise CorruptEntryError(f"entry holds key {stored!r}, whose name is not this file's"[:300])
+
+
+def read_header(fd: int, stem: str, key_text: str | None, layout: Layout) -> tuple[EntryHeader, bytes]:
+    """The header of the open data file `fd`, checked against its length and key, and its raw
+    bytes. Raises `CorruptEntryError` or `OSError`."""
+    size = os.fstat(fd).st_size
+    raw = os.pread(fd, HEADER_SIZE, 0)
+    header = unpack_header(raw, file_size=size)
+    check_key(stem, header, key_text, layout)
+    return header, raw
+
+
+def check_complete(got: int, header: EntryHeader) -> None:
+    if got != header.nbytes:
+        raise CorruptEntryError(f"short read: {got} of {header.nbytes} bytes")
+
+
+def check_checksum(header: EntryHeader, actual: str) -> None:
+    if actual != header.checksum:
+        raise CorruptEntryError(f"data checksum {actual} does not match the header's {header.checksum}")
+
+
+def sums(mode: str, kind: str) -> bool:
+    """Whether checksum `mode` writes or verifies a checksum for memory of this kind."""
+    return mode == "always" or (mode == "auto" and kind in HOST_KINDS)
+
+
+def checksum(view: Any, nbytes: int) -> str:
+    """The checksum of the first `nbytes` of `view`: hashed in place in host memory, through a
+    host copy in pieces otherwise."""
+    if view.kind in HOST_KINDS:
+        return checksum_of([_host_memory(view.ptr, nbytes)])
+    return checksum_of(_staged(view, nbytes))
+
+
+def verify_file(path: str, stem: str, layout: Layout) -> EntryHeader:
+    """Read a whole entry as `KVStore.read_into` does, into host memory in pieces: header, key,
+    length, completeness and checksum. Raises `CorruptEntryError` (naming `path`) or `OSError`."""
+    with open(path, "rb", buffering=0) as f:
+        try:
+            header, _ = read_header(f.fileno(), stem, None, layout)
+            pieces = _Pieces(f.fileno(), header.nbytes)
+            actual = checksum_of(pieces)  # read whole, to prove it complete, checksum or not
+            check_complete(pieces.got, header)
+            if header.checksum is not None:
+                check_checksum(header, actual)
+        except CorruptEntryError as exc:
+            raise CorruptEntryError(exc.reason, path) from None
+    return header
+
+
+class _Pieces:
+    """The data part of an open entry file read in pieces (each valid until the next one), and
+    how many bytes came."""
+
+    def __init__(self, fd: int, nbytes: int) -> None:
+        self._fd, self._nbytes, self.got = fd, nbytes, 0
+
+    def __iter__(self) -> Iterator[memoryview]:
+        buf = bytearray(min(self._nbytes, _STAGING_BYTES))
+        while self.got < self._nbytes:
+            n = os.preadv(self._fd, [memoryview(buf)[: self._nbytes - self.got]], HEADER_SIZE + self.got)
+            if n <= 0:
+                return
+            self.got += n
+            yield memoryview(buf)[:n]
+
+
+class Reader:
+    """The store's reads: headers loaded lazily and cached on the `Entry`, data read into any
+    memory. A bad file is dropped (`Entries.drop`); a vanished one forgotten."""
+
+    def __init__(self, entries: Entries, open_file: OpenFile, checksum_mode: str) -> None:
+        self._entries = entries
+        self._open = open_file
+        self._mode = checksum_mode
+
+    def load_header(self, entry: Entry) -> EntryHeader | None:
+        """Read, validate and cache the header; rebuild a missing `.metadata` from it."""
+        entries = self._entries
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            entries.forget(entry)
+            return None
+        except OSError as exc:
+            entries.drop(entry, exc, None, "read_errors")
+            return None
+        st = None
+        try:
+            st = os.fstat(fd)
+            header, raw = read_header(fd, entry.stem, entry.key_text, entries.layout)
+        except CorruptEntryError as exc:
+            entries.drop(entry, exc, st, "corrupt")
+            return None
+        except OSError as exc:
+            entries.drop(entry, exc, st, "read_errors")
+            return None
+        finally:
+            os.close(fd)
+        entry.header = header
+        if not entry.has_metadata:
+            self._rebuild_metadata(entry, raw)
+        entries.index.set_size(entry, st.st_size + (HEADER_SIZE if entry.has_metadata else 0), entry.has_metadata)
+        return header
+
+    def current_header(self, entry: Entry | None) -> EntryHeader | None:
+        """The entry's validated header; None (entry forgotten or dropped) when its file is gone
+        or bad. A cached header costs one stat."""
+        if entry is None:
+            return None
+        if entry.header is None:
+            return self.load_header(entry)
+        if not os.path.exists(entry.path):
+            self._entries.forget(entry)
+            return None
+        return entry.header
+
+    def read_into(self, info: EntryInfo, dest: Any) -> EntryHeader:
+        """See `KVStore.read_into`."""
+        entries = self._entries
+        view = pygds.as_buffer(dest, writable=True)
+        stem = entries.layout.stem(info.key_text)
+        entry = entries.index.get(stem)
+        if entry is None or entry.path != info.path:
+            entry = Entry(stem=stem, base=info.base, path=info.path, size=None, has_metadata=True)
+        try:
+            f = self._open(info.path, "r")
+        except FileNotFoundError:
+            entries.forget(entry)
+            raise EntryGoneError(f"{info.key_text} was removed from {info.path}") from None
+        except IO_ERRORS as exc:
+            entries.drop(entry, exc, None, "read_errors")
+            raise CorruptEntryError(f"cannot open: {exc}", info.path) from None
+        st = None
+        with f:
+            try:
+                st = os.fstat(f.fd)
+                header, _ = read_header(f.fd, stem, info.key_text, entries.layout)
+            except CorruptEntryError as exc:
+                entries.drop(entry, exc, st, "corrupt")
+                raise CorruptEntryError(exc.reason, info.path) from None
+            except OSError as exc:
+                entries.drop(entry, exc, st, "read_errors")
+                raise CorruptEntryError(f"cannot read header: {exc}", info.path) from None
+            if header != info.header:  # removed and put again: the old header would misread it
+                entries.forget(entry)
+                raise EntryGoneError(
+                    f"{info.key_text} in {info.path} was replaced since lookup (header changed: "
+                    f"{header} != {info.header})"
+                )
+            if view.nbytes < header.nbytes:
+                raise ValueError(
+                    f"destination holds {view.nbytes} bytes but {info.path} has {header.nbytes}; "
+                    "allocate it from the header lookup returned"
+                )
+            try:
+                got = f.read(view, header.nbytes, file_offset=HEADER_SIZE) if header.nbytes else 0
+                check_complete(got, header)
+            except CorruptEntryError as exc:
+                exc = CorruptEntryError(exc.reason, info.path)
+                entries.drop(entry, exc, st, "corrupt")
+                raise exc from None
+            except IO_ERRORS as exc:
+                entries.drop(entry, exc, st, "read_errors")
+                raise CorruptEntryError(f"read failed: {exc}", info.path) from None
+        if header.checksum is not None and sums(self._mode, view.kind):
+            try:
+                check_checksum(header, checksum(view, got))  # exactly the bytes read
+            except CorruptEntryError as exc:
+                exc = CorruptEntryError(exc.reason, info.path)
+                entries.drop(entry, exc, st, "corrupt")
+                raise exc from None
+        entries.index.get(stem, touch=True)
+        return header
+
+    def _rebuild_metadata(self, entry: Entry, raw: bytes) -> None:
+        """Write the missing `.metadata` companion from the data file's own header bytes."""
+        final = metadata_path(entry.path)
+        if os.path.exists(final):
+            entry.has_metadata = True
+            return
+        try:
+            publish_bytes(final, raw)
+        except OSError as exc:
+            logger.debug("cannot rebuild %s: %s", final, exc)
+            return
+        entry.has_metadata = True
+        logger.debug("rebuilt missing %s", final)
+
+
+def _host_memory(ptr: int, nbytes: int) -> Any:
+    """`nbytes` of host memory at `ptr` as a buffer (no copy)."""
+    return (ctypes.c_ubyte * nbytes).from_address(ptr) if nbytes else b""
+
+
+def _staged(view: Any, nbytes: int) -> Iterator[memoryview]:
+    """The first `nbytes` of `view` (any memory kind) in consecutive pieces copied to the host;
+    each piece is valid until the next is asked for."""
+    staging = bytearray(min(nbytes, _STAGING_BYTES))
+    target = pygds.as_buffer(staging, writable=True)
+    for offset in range(0, nbytes, len(staging)):
+        n = min(len(staging), nbytes - offset)
+        pygds.memory.copy(target, view.slice(offset, n), n)
+        yield memoryview(staging)[:n]
