@@ -2,8 +2,10 @@
 
 Both contenders use the same registered device buffer, the same file and the same cuFile handle
 (the one the pygds `File` registered), so the difference is what the binding adds per call:
-4 KiB reads (goal: pygds takes at most 1.2x the bare call's time) and 32 MiB reads, which pygds
-splits over its thread pool, against one bare call each (goal: at least 1.0x the bare throughput).
+4 KiB reads (goal: pygds takes at most 1.2x the bare call's time), given a `BufferView`, the
+`DeviceBuffer` itself, and a torch tensor (against bare calls into the tensor's own memory), and
+32 MiB reads, which pygds splits over its thread pool, against one bare call each (goal: at least
+1.0x the bare throughput).
 
 Without a GPU this runs on the CUDA driver stand-in of `tests/standin` (the real libcufile in
 compatibility mode): the script compiles the stand-in into a temporary folder and runs itself
@@ -96,9 +98,26 @@ def measure(args: argparse.Namespace, where: str) -> int:
             times = rounds([Contender("bare cuFileRead", bare_small, baseline=True),
                             Contender("File.read(DeviceBuffer)", pygds_small(dev)),
                             Contender("File.read(BufferView)", pygds_small(view))], args.runs)
-            small, small_table = per_call(times, calls, "bare cuFileRead", goal=1.2)
+            small_figures, small_table = per_call(times, calls, "bare cuFileRead", goal=1.2)
             small_table = (f"4 KiB reads into the registered buffer (page cache warm), {calls} calls per run, "
                            f"median of {args.runs} runs.\n\n{small_table}")
+            tensor = torch_tensor(dev)
+            if tensor is not None:  # its own bare baseline: on a CPU-only torch the tensor is host memory
+                tensor_base = tensor.data_ptr()
+
+                def bare_tensor() -> None:
+                    for i in range(calls):
+                        if bare(handle, tensor_base, small, (i % span) * small, 0) != small:
+                            raise RuntimeError("short bare cuFileRead")
+
+                where_t = "device memory (the registered buffer)" if tensor.is_cuda else "host memory"
+                times = rounds([Contender("bare cuFileRead", bare_tensor, baseline=True),
+                                Contender("File.read(torch tensor)", pygds_small(tensor))], args.runs)
+                figures, table = per_call(times, calls, "bare cuFileRead", goal=1.2)
+                small_figures["torch"] = figures
+                small_table += (f"\n\n4 KiB reads into a torch tensor in {where_t}, each call through "
+                                f"`as_buffer` (nothing cached per tensor), against bare calls into the same "
+                                f"memory.\n\n{table}")
 
             reps = args.large_reads
 
@@ -119,10 +138,30 @@ def measure(args: argparse.Namespace, where: str) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     body = small_table + "\n\n" + rate_table(cases)
-    small_met = all(row.get("met", True) for row in small.values())
+    small_met = all(row.get("met", True) for row in _rows(small_figures))
     emit(f"cuFile engine on {where}: pygds vs bare ctypes cuFileRead", info, body,
-         {"small_reads": small, "cases": [c.as_dict() for c in cases]}, args.json)
+         {"small_reads": small_figures, "cases": [c.as_dict() for c in cases]}, args.json)
     return 0 if small_met and all(c.met() for c in cases) else 1
+
+
+def torch_tensor(dev: object) -> object | None:
+    """A uint8 torch tensor for the torch row: over `dev` where torch has CUDA, else a CPU tensor
+    (torch's CPU builds cannot hold device memory); None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if torch.cuda.is_available():
+        return torch.as_tensor(dev, device="cuda")
+    tensor = torch.empty(4096, dtype=torch.uint8)
+    tensor.fill_(0)  # touched once, like the device buffer
+    return tensor
+
+
+def _rows(small: dict) -> list[dict]:
+    """Every contender's row of `per_call` figures, the torch table's included."""
+    rows = [row for name, row in small.items() if name != "torch"]
+    return rows + list(small.get("torch", {}).values())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -216,6 +216,7 @@ def measure(args: argparse.Namespace, where: str) -> int:
                 mode = "r" if op == "read" else "r+"
                 with pygds.File(path, mode) as f, kvikio.CuFile(path, mode) as k:
                     info[f"pygds engine, {mem_name} {op}"] = f.engine
+                    info["pygds engine, why"] = f.engine_reason
                     for size in sizes:
                         offsets = requests(size, volume, args.max_calls)
                         ours = runner(getattr(f, op), mem.obj, size, offsets, SUBJECT)

@@ -87,6 +87,7 @@ def _probe() -> tuple[bool, str]:
     except Exception as exc:  # cuda-python raises its own loader errors when libcuda is missing
         return False, f"cuda-python cannot use the CUDA driver ({type(exc).__name__}: {exc})"
     _state["driver"] = driver
+    _state["success"] = driver.CUresult.CUDA_SUCCESS
     return True, f"{count} CUDA device(s)"
 
 
@@ -268,20 +269,29 @@ def memcpy(dst: int, dst_kind: str, src: int, src_kind: str, nbytes: int, *,
     Host to host is not a CUDA copy: callers use `ctypes.memmove`. With `stream` the copy is the
     `Async` variant, ordered on that stream; without, it completes before returning.
     """
-    _driver()
+    driver = _driver()
     if dst_kind in _HOST_KINDS and src_kind in _HOST_KINDS:
         raise InvalidArgumentError("memcpy copies to or from device memory; use ctypes.memmove for host to host")
     if src_kind in _HOST_KINDS:
-        op, args = "cuMemcpyHtoD", (dst, src, nbytes)
+        op = "cuMemcpyHtoD"
     elif dst_kind in _HOST_KINDS:
-        op, args = "cuMemcpyDtoH", (dst, src, nbytes)
+        op = "cuMemcpyDtoH"
     else:
-        op, args = "cuMemcpyDtoD", (dst, src, nbytes)
+        op = "cuMemcpyDtoD"
+    args: tuple = (dst, src, nbytes)
+    if stream is not None:
+        op, args = op + "Async", (dst, src, nbytes, stream)
+    success = _state["success"]
+    # The common case inline (this thread's context already serves the device: one cheap query);
+    # `_on_device` sets or switches the context otherwise. Bulk I/O copies through here per task.
+    err, current = driver.cuCtxGetDevice()
+    if err == success and (device is None or int(current) == device):
+        (err,) = getattr(driver, op)(*args)
+        if err != success:
+            raise CudaError(op, int(err), _name(driver, err))
+        return
     with _on_device(device):
-        if stream is None:
-            _call(op, *args)
-        else:
-            _call(op + "Async", *args, stream)
+        _call(op, *args)
 
 
 def stream_synchronize(stream: int) -> None:
@@ -289,3 +299,11 @@ def stream_synchronize(stream: int) -> None:
     _driver()
     with _on_device(None):
         _call("cuStreamSynchronize", stream)
+
+
+def stream_create(device: int | None = None) -> int:
+    """A new non-blocking stream on `device` (None: the current one); its handle. It lives as long
+    as the process (pygds keeps one or two per I/O thread)."""
+    driver = _driver()
+    with _on_device(device):
+        return int(_call("cuStreamCreate", int(driver.CUstream_flags.CU_STREAM_NON_BLOCKING)))

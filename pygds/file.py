@@ -89,8 +89,9 @@ class File(ClosedWhenCollected):
     "w+", "x+"). Reading a file opened "w" or "x", or writing one opened "r", raises
     `IOFailedError` (EBADF). Append ("a") is refused: every write names its `file_offset`, so
     there is no end to append at; open with "r+" and write at `f.size()`. `engine` is "auto"
-    (the first GPU-direct engine that works here, in `pygds.ENGINES` order, else POSIX, the reason
-    logged once), "cufile", "hipfile" or "posix"; `PYGDS_ENGINE` sets the default. `direct=True`
+    (the first GPU-direct engine that works here, in `pygds.ENGINES` order, else POSIX; POSIX too
+    where cuFile would only run its compatibility mode; the reason is `engine_reason`, logged once),
+    "cufile", "hipfile" or "posix"; `PYGDS_ENGINE` sets the default. `direct=True`
     opens with `O_DIRECT` (unaligned offsets and sizes still work).
 
     `close()` (or the end of a `with` block, or garbage collection) first finishes every transfer
@@ -107,6 +108,7 @@ class File(ClosedWhenCollected):
         self._drains: set[Callable[[], None]] = set()  # run by close(): finish a request, batch or stream I/O
         self._handle: EngineHandle | None = None
         self._closing: EngineHandle | None = None  # the handle between close() and the descriptors' close
+        self.engine_reason = ""  # why `engine` runs this file: the choice of `auto`, or "requested (...)"
         if mode in _APPEND_MODES:
             raise InvalidArgumentError(f"mode {mode!r} (append) is not supported: every pygds write goes to an "
                                        "explicit file_offset; open with 'r+' and write at file_offset=f.size()")
@@ -132,24 +134,27 @@ class File(ClosedWhenCollected):
             raise
 
     def _open_engine(self, engine: str | None) -> EngineHandle:
-        """The chosen engine's handle; under `auto` a GPU-direct engine that fails to open this file
-        gives way to the POSIX fallback, the reason logged once."""
+        """The chosen engine's handle, and why it was chosen in `engine_reason`; under `auto` a
+        GPU-direct engine that fails to open this file gives way to the POSIX fallback, the reason
+        logged once."""
         requested = registry.requested_engine(engine)
         choice = registry.choose_engine(engine)
         chosen = registry.get(choice.name)
+        self.engine_reason = choice.reason
+        if requested == "auto":
+            registry.log_choice_once(choice)
         if requested != "auto" or not chosen.gpu_direct:
-            if requested == "auto":
-                registry.log_fallback_once(choice.reason)
             return chosen.open(self.fd, self.direct_fd, self.path)
         try:
             return chosen.open(self.fd, self.direct_fd, self.path)
         except PygdsError as exc:
-            registry.log_fallback_once(f"{chosen.label} failed on {self.path}: {exc}")
+            self.engine_reason = f"{chosen.label} failed on {self.path}: {exc}"
+            registry.log_fallback_once(self.engine_reason)
         return registry.get(registry.FALLBACK).open(self.fd, self.direct_fd, self.path)
 
     @property
     def engine(self) -> str:
-        """The engine actually in use: "cufile", "hipfile" or "posix"."""
+        """The engine actually in use: "cufile", "hipfile" or "posix" (why: `engine_reason`)."""
         return self._live().engine
 
     @property
@@ -248,21 +253,25 @@ class File(ClosedWhenCollected):
         active.append(None)  # counted before the handle is looked at: close() waits for this call
         try:
             handle = self._handle
-            # The small-request fast path: a BufferView, plain ints, one task; the same checks as
-            # `check_request`, which every other call goes through.
-            if (type(buf) is BufferView and type(size) is type(file_offset) is type(buf_offset) is int
-                    and handle is not None and 0 < size and (size <= pool.MIN_TASK_SIZE or size <= pool.task_size())
-                    and 0 <= file_offset < _FAST_OFFSET_END and self._readable
-                    and 0 <= buf_offset and buf_offset + size <= buf.nbytes and not buf.readonly):
-                try:
-                    done = handle.read(buf, size, file_offset, buf_offset)
-                except IOFailedError:
-                    raise
-                except OSError as exc:
-                    raise _os_failure(exc, "read", self.path, 0, size, file_offset) from exc
-                if done == size or done <= 0:
-                    return done
-                return _read_full(handle, buf, size, file_offset, buf_offset, self.path, done)
+            if handle is not None and self._readable:
+                # The small-request fast path: plain ints, one task; the same checks as
+                # `check_request`, which every other call goes through.
+                view = buf if type(buf) is BufferView else as_buffer(buf)
+                n = view.nbytes - buf_offset if size is None and type(buf_offset) is int else size
+                if (type(n) is type(file_offset) is type(buf_offset) is int
+                        and 0 < n and (n <= pool.MIN_TASK_SIZE or n <= pool.task_size())
+                        and 0 <= file_offset < _FAST_OFFSET_END
+                        and 0 <= buf_offset and buf_offset + n <= view.nbytes and not view.readonly):
+                    try:
+                        done = handle.read(view, n, file_offset, buf_offset)
+                    except IOFailedError:
+                        raise
+                    except OSError as exc:
+                        raise _os_failure(exc, "read", self.path, 0, n, file_offset) from exc
+                    if done == n or done <= 0:
+                        return done
+                    return _read_full(handle, view, n, file_offset, buf_offset, self.path, done)
+                buf = view
             view, size = self.check_request(buf, size, file_offset, buf_offset=buf_offset, writing=False)
             return self._transfer(self._live(), view, size, file_offset, buf_offset, writing=False)
         finally:
@@ -276,11 +285,14 @@ class File(ClosedWhenCollected):
         active.append(None)
         try:
             handle = self._handle
-            if (type(buf) is BufferView and type(size) is type(file_offset) is type(buf_offset) is int
-                    and handle is not None and 0 < size and (size <= pool.MIN_TASK_SIZE or size <= pool.task_size())
-                    and 0 <= file_offset < _FAST_OFFSET_END and 0 <= buf_offset and buf_offset + size <= buf.nbytes
-                    and self._writable):  # `read`'s fast path, for writing
-                return _write_full(handle, buf, size, file_offset, buf_offset, self.path)
+            if handle is not None and self._writable:  # `read`'s fast path, for writing
+                view = buf if type(buf) is BufferView else as_buffer(buf)
+                n = view.nbytes - buf_offset if size is None and type(buf_offset) is int else size
+                if (type(n) is type(file_offset) is type(buf_offset) is int
+                        and 0 < n and (n <= pool.MIN_TASK_SIZE or n <= pool.task_size())
+                        and 0 <= file_offset < _FAST_OFFSET_END and 0 <= buf_offset and buf_offset + n <= view.nbytes):
+                    return _write_full(handle, view, n, file_offset, buf_offset, self.path)
+                buf = view
             view, size = self.check_request(buf, size, file_offset, buf_offset=buf_offset, writing=True)
             return self._transfer(self._live(), view, size, file_offset, buf_offset, writing=True)
         finally:

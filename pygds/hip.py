@@ -285,3 +285,14 @@ def stream_synchronize(stream: int) -> None:
     """Wait for all work on `stream` (0: the null stream of the current device)."""
     _hip()
     _call("hipStreamSynchronize", stream)
+
+
+_STREAM_NON_BLOCKING = 1  # hipStreamNonBlocking in hip_runtime_api.h
+
+
+def stream_create(device: int | None = None) -> int:
+    """A new non-blocking stream on `device` (None: the current one); its handle. It lives as long
+    as the process (pygds keeps one or two per I/O thread)."""
+    _hip()
+    with _on_device(device):
+        return int(_call("hipStreamCreateWithFlags", _STREAM_NON_BLOCKING))

@@ -111,20 +111,24 @@ def test_dir_that_is_a_file_is_a_usage_error(capsys, tmp_path):
     assert "not a directory" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("engine", ["auto", "posix"])
-def test_the_engine_the_demo_reports_is_the_one_that_ran(standin, tmp_path, engine):
-    """The stand-in gives a CUDA driver: GPU memory, and cuFile for auto. libcufile logs its
-    driver's start, so its log shows whether cuFile really ran: "cufile" has it, "posix" none."""
+@pytest.mark.parametrize(("engine", "gds_mode", "expected"), [
+    ("auto", False, "posix"), ("auto", True, "cufile"), ("cufile", False, "cufile"), ("posix", False, "posix")])
+def test_the_engine_the_demo_reports_is_the_one_that_ran(standin, tmp_path, engine, gds_mode, expected):
+    """The stand-in gives a CUDA driver and GPU memory. Without nvidia-fs cuFile would run its
+    compatibility mode, so `auto` takes pygds's POSIX engine; with the shim presenting nvidia-fs
+    (GDS mode) `auto` takes cuFile. libcufile logs its driver's start, so its log shows whether
+    cuFile really ran: "cufile" has it, "posix" none."""
     standin.clear_log()
     done = subprocess.run([sys.executable, "-m", "pygds", "demo", "--dir", str(tmp_path / "cache"),
                            "--chunks", "2", "--tokens", "4", "--engine", engine, "--json"],
-                          env=standin.env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                          env=standin.env(nvidia_fs=gds_mode), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr + standin.log_text()
     report = json.loads(done.stdout)
     assert report["memory"] == "gpu" and report["verified"] == 2
     used = report["engine"]["used"]
     if report["fs_type"] in ("ext4", "xfs"):
-        assert used == {"auto": "cufile", "posix": "posix"}[engine], report["engine"]
+        assert used == expected, report["engine"]
     log = standin.log_text()
     if used == "cufile":
         assert "running in compatible mode" in log, log

@@ -164,18 +164,32 @@ def test_info_human_output_explains_posix_and_each_fix_in_this_sandbox(capsys, t
         assert re.search(r"\[error\] CUDA driver: .*\n\s+fix: install the NVIDIA driver", problems)
 
 
-def test_info_human_output_on_the_standin_chooses_cufile(standin, tmp_path):
-    """With a CUDA driver and /proc/modules (the stand-in), auto chooses cuFile, the mode is
-    compatibility, and the one machine problem is nvidia-fs, with its fix."""
+def test_info_human_output_on_the_standin_says_why_auto_takes_posix(standin, tmp_path):
+    """With a CUDA driver and /proc/modules (the stand-in) but no nvidia-fs, the mode is
+    compatibility, auto takes the POSIX engine and says why, and the one machine problem is
+    nvidia-fs, with its fix."""
     done = subprocess.run([sys.executable, "-m", "pygds", "info", str(tmp_path)], env=standin.env(),
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert re.search(r"^engine 'auto' chooses cufile: libcufile \d+\.\d+\.\d+ at \S+libcufile\.so\S* and a "
-                     r"usable CUDA driver$", out, re.MULTILINE), out
+    assert re.search(r"^engine 'auto' chooses posix: cuFile is usable \(libcufile \d+\.\d+\.\d+ at "
+                     r"\S+libcufile\.so\S* and a usable CUDA driver\) but nvidia-fs is not loaded .*compatibility "
+                     r"mode.*POSIX engine is faster", out, re.MULTILINE), out
     assert "mode          compatibility: nvidia-fs is absent" in out and "cuFile driver opened" in out
+    assert "'auto' takes pygds's own POSIX engine" in out
     assert re.search(r"\[warning\] nvidia-fs: .*\n\s+fix: install and load the nvidia-fs kernel module", out)
     assert "[error] /proc/modules" not in out and "[error] CUDA driver" not in out
+
+
+def test_info_in_gds_mode_chooses_cufile(standin, tmp_path):
+    """With nvidia-fs loaded (presented by the sandbox shim) the mode is GDS and auto takes cuFile."""
+    done = subprocess.run([sys.executable, "-m", "pygds", "info", "--json", str(tmp_path)],
+                          env=standin.env(nvidia_fs=True), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["checks"]["nvidia_fs"]["ok"] and report["mode"].startswith("GDS")
+    assert report["auto_engine"]["name"] == "cufile" and "GDS mode" in report["auto_engine"]["reason"]
+    assert not any(p["topic"] == "nvidia-fs" for p in report["problems"])
 
 
 def test_info_never_repeats_a_name_before_its_own_message(capsys, tmp_path):
@@ -254,7 +268,7 @@ def test_info_opens_the_driver_on_the_standin(standin, tmp_path):
     assert driver["properties"]["max_batch_io_size"] > 0 and "control_flags" in driver["properties"]
     assert driver["parameters"]["CUFILE_PARAM_PROPERTIES_IO_BATCHSIZE"] > 0
     assert report["mode"].startswith("compatibility")  # no nvidia-fs under the stand-in
-    assert report["auto_engine"]["name"] == "cufile"
+    assert report["auto_engine"]["name"] == "posix" and "compatibility mode" in report["auto_engine"]["reason"]
     assert not (tmp_path / "cufile.log").exists()
 
 

@@ -94,9 +94,57 @@ def test_guard_against_real_libcufile_with_proc_modules_absent(standin):
 
 
 def test_guard_against_real_libcufile_with_proc_modules_present(standin):
+    """The driver opens; `auto` then picks by GDS mode: without nvidia-fs (compatibility mode, as
+    here) the POSIX engine, with it (presented by the sandbox shim) cuFile."""
     out = run_py(_OPEN_DRIVER, standin.env(), timeout=30)
     assert out.stdout.startswith("OPENED"), out.stdout + out.stderr
+    assert "AUTO posix" in out.stdout
+    out = run_py(_OPEN_DRIVER, standin.env(nvidia_fs=True), timeout=30)
+    assert out.stdout.startswith("OPENED"), out.stdout + out.stderr
     assert "AUTO cufile" in out.stdout
+
+
+_CHOICE = (
+    "import logging, sys, pygds\n"
+    "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(levelname)s %(message)s')\n"
+    "with pygds.File(sys.argv[1], 'w') as f:\n"
+    "    print('ENGINE', f.engine)\n"
+    "    print('REASON', f.engine_reason)\n"
+    "with pygds.File(sys.argv[1], 'r') as f:\n"
+    "    pass\n"
+)
+_NO_CUDA_PYTHON = "import sys\nsys.modules['cuda'] = None  # as if cuda-python were not installed\n"
+
+
+def run_choice(env: dict[str, str], path: Path, prelude: str = "") -> str:
+    out = subprocess.run([sys.executable, "-c", prelude + _CHOICE, str(path)], env={**env, "PYTHONPATH": str(ROOT)},
+                         check=False,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_auto_picks_posix_where_cufile_would_run_compat_mode(standin, tmp_path):
+    """No nvidia-fs: libcufile would only do POSIX I/O through its own bounce buffers; pygds's POSIX
+    engine does it faster, and `engine_reason` and the log (once, INFO) say why."""
+    out = run_choice(standin.env(), tmp_path / "a.bin")
+    assert "ENGINE posix" in out
+    reason = out.split("REASON ", 1)[1].splitlines()[0]
+    assert "cuFile is usable" in reason and "nvidia-fs is not loaded" in reason and "compatibility mode" in reason
+    logged = [line for line in out.splitlines() if "engine 'auto' uses posix" in line]
+    assert len(logged) == 1 and logged[0].startswith("INFO")
+
+
+def test_auto_keeps_cufile_in_gds_mode(standin, tmp_path):
+    out = run_choice(standin.env(nvidia_fs=True), tmp_path / "a.bin")
+    assert "ENGINE cufile" in out and "GDS mode" in out.split("REASON ", 1)[1]
+
+
+def test_auto_keeps_cufile_for_device_memory_without_cuda_python(standin, tmp_path):
+    """Without cuda-python pygds cannot copy device memory itself: cuFile stays the only way to it."""
+    out = run_choice(standin.env(), tmp_path / "a.bin", _NO_CUDA_PYTHON)
+    assert "ENGINE cufile" in out
+    assert "without cuda-python" in out.split("REASON ", 1)[1]
 
 
 def test_guard_refuses_without_cuda_devices(standin):

@@ -11,7 +11,6 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pygds"
@@ -154,8 +153,6 @@ def test_front_doors_reach_engines_only_through_the_interface():
     assert reach == []
 
 
-@pytest.mark.xfail(strict=False, reason="pygds/cli/{main,cache,demo}.py move to lmcache_plugin in the other half "
-                                        "of this change; passes once that lands")
 def test_pygds_never_imports_lmcache_plugin():
     found = [f"{m} imports {t}" for m in MODULES for t, _ in imports(m) if t.split(".")[0] == "lmcache_plugin"]
     assert found == []

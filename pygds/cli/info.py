@@ -23,7 +23,8 @@ from .._lib import cufile
 from .._probe import Check
 from ..driver import Driver
 from ..engines import hipfile, registry
-from ..engines.cufile import check_proc_modules, nvidia_fs_loaded
+from ..engines.cufile import check_proc_modules, gds_mode
+from ..engines.cufile.check import NVIDIA_FS
 from ..errors import PygdsError
 from . import UsageError
 from .hipfile_requirements import requirements
@@ -34,7 +35,6 @@ CONFIG_CHECKERS = "pygds.config"  # the entry point group of configuration check
 CONFIG_PROVIDER = "pip install 'pygds[lmcache]' (the LMCache plugin checks LMCache YAML files)"
 
 UDEV_DIR = "/run/udev"
-NVIDIA_FS = "/proc/driver/nvidia-fs"
 LOW_FREE_BYTES = 10 << 30
 UDEV_FIX = ("mount the host's /run/udev read-only into the container (docker run -v /run/udev:/run/udev:ro, "
             "as NVIDIA's GDS container guidance does)")
@@ -210,7 +210,7 @@ def collect(paths: list[str], config: str | None = None, *, open_driver: bool = 
     for name, check in (("/proc/modules", proc_modules), ("CUDA driver", cuda_driver)):
         if not check.ok:
             findings.append(Finding(name, check.reason, check.fix, "error"))
-    nvfs = nvidia_fs_loaded()
+    nvfs = gds_mode().ok
     udev = _udev_check()
     checks = {"proc_modules": _check_dict(proc_modules), "cuda_driver": _check_dict(cuda_driver),
               "nvidia_fs": {"ok": nvfs, "reason": f"{NVIDIA_FS} {'present' if nvfs else 'absent'}"},
@@ -228,7 +228,8 @@ def collect(paths: list[str], config: str | None = None, *, open_driver: bool = 
     elif nvfs:
         mode = "GDS: nvidia-fs is loaded, cuFile moves data by DMA between storage and GPU memory"
     else:
-        mode = "compatibility: nvidia-fs is absent, cuFile goes through host memory (POSIX underneath)"
+        mode = ("compatibility: nvidia-fs is absent, cuFile goes through host memory (POSIX underneath), so "
+                "engine 'auto' takes pygds's own POSIX engine where it can copy device memory itself")
         findings.append(Finding("nvidia-fs", f"{NVIDIA_FS} is absent: cuFile runs in compatibility mode",
                                 "install and load the nvidia-fs kernel module (modprobe nvidia_fs), or enable "
                                 "PCI P2PDMA mode in cufile.json on a supported kernel"))

@@ -115,6 +115,12 @@ class Engine(ABC):
     def check(self) -> Check:
         """Whether this engine can run here and why not, decided within about a second."""
 
+    def preference(self) -> Check:
+        """Whether `auto` should use this engine here once its `check` passed (ok), or the POSIX
+        engine instead, because this one would only do the same slower (a compatibility mode that
+        is POSIX I/O underneath); the reason says why, either way."""
+        return Check(True, "")
+
     @abstractmethod
     def open(self, fd: int, direct_fd: int | None, path: str) -> EngineHandle:
         """A handle on an open file (`direct_fd`: the same file opened with O_DIRECT, or None)."""

@@ -1,7 +1,10 @@
 """The POSIX engine: `pread`/`pwrite` straight into host memory, device memory through bounce buffers.
 
 It needs neither libcufile nor a GPU for host buffers. Device buffers go through reusable pinned
-bounce buffers and cuda-python copies. With `O_DIRECT` the aligned middle of a request goes through
+bounce buffers and cuda-python (or hip-python) copies; a large read alternates between a stage's
+two halves, so the copy of one piece to the device overlaps the read of the next. This is what
+cuFile's compatibility mode does underneath, minus libcufile's costs, so `auto` picks this engine
+where cuFile would run that mode (no nvidia-fs). With `O_DIRECT` the aligned middle of a request goes through
 the direct descriptor (via an aligned bounce buffer when the caller's memory is not aligned) and the
 unaligned head and tail through a buffered descriptor of the same file, as KvikIO does, so any
 offset and size work.
@@ -14,6 +17,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from types import ModuleType
 
 from .. import cuda, memory
 from .._probe import Check
@@ -22,6 +26,8 @@ from .base import Engine, EngineHandle
 
 DIRECT_ALIGNMENT = 4096
 _BOUNCE_SIZE = 8 << 20
+_PIECE = _BOUNCE_SIZE // 2  # device transfers larger than this alternate between the stage's halves
+_CPU_KINDS = ("host", "pinned", "managed")  # memory the CPU reaches: read and written in place
 
 
 def host_array(ptr: int, nbytes: int) -> ctypes.Array:
@@ -29,34 +35,38 @@ def host_array(ptr: int, nbytes: int) -> ctypes.Array:
     return (ctypes.c_ubyte * nbytes).from_address(ptr)
 
 
+class _Stage:
+    """One page-aligned staging buffer: its address, size and kind, and a writable memoryview of it
+    (slicing that is cheaper than a ctypes array per call)."""
+
+    __slots__ = ("_buffer", "kind", "mem", "nbytes", "ptr")
+
+    def __init__(self, size: int) -> None:
+        if cuda.cuda_available():
+            buf: object = memory.PinnedBuffer(size)
+            self.ptr, self.kind, self.mem = buf.ptr, "pinned", buf.buffer  # type: ignore[attr-defined]
+        else:
+            buf = mmap.mmap(-1, size)
+            self.ptr, self.kind, self.mem = ctypes.addressof(ctypes.c_char.from_buffer(buf)), "host", memoryview(buf)
+        self.nbytes = size
+        self._buffer = buf
+
+
 class _BouncePool:
-    """A few reusable page-aligned staging buffers (pinned when CUDA is usable)."""
+    """A few reusable page-aligned staging buffers (pinned when CUDA is usable), never freed."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._free: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._all: list = []
 
-    def _new(self) -> tuple[object, BufferView]:
-        if cuda.cuda_available():
-            buf = memory.PinnedBuffer(self.size)
-            view = BufferView(buf.ptr, self.size, "pinned", None, False, buf)
-        else:
-            buf = mmap.mmap(-1, self.size)
-            view = BufferView(ctypes.addressof(ctypes.c_char.from_buffer(buf)), self.size, "host", None, False, buf)
-        with self._lock:
-            self._all.append(buf)
-        return buf, view
-
-    def acquire(self) -> BufferView:
+    def acquire(self) -> _Stage:
         try:
             return self._free.get_nowait()
         except queue.Empty:
-            return self._new()[1]
+            return _Stage(self.size)
 
-    def release(self, view: BufferView) -> None:
-        self._free.put(view)
+    def release(self, stage: _Stage) -> None:
+        self._free.put(stage)
 
 
 _pool_lock = threading.Lock()
@@ -66,10 +76,28 @@ _pool: _BouncePool | None = None
 def bounce_pool() -> _BouncePool:
     """The process-wide pool of staging buffers, created on first use."""
     global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = _BouncePool(_BOUNCE_SIZE)
-        return _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = _BouncePool(_BOUNCE_SIZE)
+    return _pool
+
+
+class _Streams(threading.local):
+    """Each thread's two copy streams per device, for the stage's two halves."""
+
+    def __init__(self) -> None:
+        self.by_device: dict[int | None, tuple[int, int]] = {}
+
+
+_streams = _Streams()
+
+
+def _thread_streams(runtime: ModuleType, device: int | None) -> tuple[int, int]:
+    pair = _streams.by_device.get(device)
+    if pair is None:
+        pair = _streams.by_device[device] = (runtime.stream_create(device), runtime.stream_create(device))
+    return pair
 
 
 def _chunks(size: int, step: int) -> Iterator[tuple[int, int]]:
@@ -145,33 +173,74 @@ class PosixHandle(EngineHandle):
         finally:
             pool.release(stage)
 
+    def _stage_io(self, stage: _Stage, at: int, n: int, file_offset: int, *, read: bool) -> int:
+        """`n` bytes between the file and the stage at `at`."""
+        if self.direct_fd is None:
+            return _full_mem(os.preadv if read else os.pwritev, self.fd, stage.mem[at:at + n], file_offset)
+        return self._direct_split(stage.ptr + at, n, file_offset, read=read)
+
     # -- the engine interface ----------------------------------------------------------------
     def read(self, view: BufferView, size: int, file_offset: int, buf_offset: int) -> int:
-        if view.kind in ("host", "pinned", "managed"):
+        if view.kind in _CPU_KINDS:
             return self._host_read(view.ptr + buf_offset, size, file_offset)
-        return self._through_bounce(view, size, file_offset, buf_offset, read=True)
+        return self._device_read(view, size, file_offset, buf_offset)
 
     def write(self, view: BufferView, size: int, file_offset: int, buf_offset: int) -> int:
-        if view.kind in ("host", "pinned", "managed"):
+        if view.kind in _CPU_KINDS:
             return self._host_write(view.ptr + buf_offset, size, file_offset)
-        return self._through_bounce(view, size, file_offset, buf_offset, read=False)
+        return self._device_write(view, size, file_offset, buf_offset)
 
-    def _through_bounce(self, view: BufferView, size: int, file_offset: int, buf_offset: int,
-                        *, read: bool) -> int:
-        """Device memory: stage each piece in a pinned buffer and copy with cuda-python."""
+    def _device_read(self, view: BufferView, size: int, file_offset: int, buf_offset: int) -> int:
+        """Device memory: read into a pinned stage, copy to the device. Up to `_PIECE` bytes in one
+        read and one copy; beyond, the stage's halves alternate, each half's copy running on its own
+        stream while the next piece is read into the other half, as KvikIO overlaps its tasks."""
+        runtime = memory.gpu_runtime()
         pool = bounce_pool()
         stage = pool.acquire()
+        dst, device, kind = view.ptr + buf_offset, view.device, stage.kind
+        try:
+            if size <= _PIECE:
+                got = self._stage_io(stage, 0, size, file_offset, read=True)
+                if got:
+                    runtime.memcpy(dst, "device", stage.ptr, kind, got, device=device)
+                return got
+            streams = _thread_streams(runtime, device)
+            busy = [False, False]
+            done = half = 0
+            try:
+                while done < size:
+                    if busy[half]:  # this half's last copy must have left it before it is refilled
+                        runtime.stream_synchronize(streams[half])
+                    n = min(_PIECE, size - done)
+                    at = half * _PIECE
+                    got = self._stage_io(stage, at, n, file_offset + done, read=True)
+                    if got:
+                        runtime.memcpy(dst + done, "device", stage.ptr + at, kind, got, device=device,
+                                       stream=streams[half])
+                        busy[half] = True
+                    done += got
+                    if got < n:
+                        break
+                    half ^= 1
+            finally:  # every copy has landed before the count is returned and the stage is reused
+                for stream, pending in zip(streams, busy):
+                    if pending:
+                        runtime.stream_synchronize(stream)
+            return done
+        finally:
+            pool.release(stage)
+
+    def _device_write(self, view: BufferView, size: int, file_offset: int, buf_offset: int) -> int:
+        """Device memory: copy a piece into the pinned stage, write it; piece by piece."""
+        runtime = memory.gpu_runtime()
+        pool = bounce_pool()
+        stage = pool.acquire()
+        src, device, kind = view.ptr + buf_offset, view.device, stage.kind
         try:
             done = 0
             for rel, n in _chunks(size, stage.nbytes):
-                dev = view.slice(buf_offset + rel, n)
-                if read:
-                    got = self._host_read(stage.ptr, n, file_offset + rel)
-                    if got:
-                        memory.copy(dev.slice(0, got), stage.slice(0, got), got)
-                else:
-                    memory.copy(stage.slice(0, n), dev, n)
-                    got = self._host_write(stage.ptr, n, file_offset + rel)
+                runtime.memcpy(stage.ptr, kind, src + rel, "device", n, device=device)
+                got = self._stage_io(stage, 0, n, file_offset + rel, read=False)
                 done += got
                 if got < n:
                     break
@@ -207,20 +276,37 @@ ENGINE = PosixEngine()
 
 
 def _full(call: Callable[[int, list, int], int], fd: int, ptr: int, size: int, offset: int) -> int:
-    """Repeat `os.preadv`/`os.pwritev` on `fd` until `size` bytes moved or it returns 0 (end of file).
+    """Repeat `os.preadv`/`os.pwritev` on `fd` until `size` bytes at `ptr` moved or it returns 0
+    (end of file); see `_full_mem`."""
+    return _full_mem(call, fd, host_array(ptr, size), offset)
+
+
+def _full_mem(call: Callable[[int, list, int], int], fd: int, mem: object, offset: int) -> int:
+    """Repeat `os.preadv`/`os.pwritev` on `fd` until all of `mem` (a byte buffer) moved or it
+    returns 0 (end of file).
 
     An error after some bytes moved returns that count, a short transfer: the caller's next call
     meets the error again and reports it with the true progress.
     """
-    done = 0
+    size = len(mem)  # type: ignore[arg-type]
+    got = _once(call, fd, mem, offset, 0)
+    if got == size or got <= 0:  # nearly always: the whole request in one call
+        return got
+    rest = memoryview(mem).cast("B")  # type: ignore[arg-type]
+    done = got
     while done < size:
-        try:
-            got = call(fd, [host_array(ptr + done, size - done)], offset + done)
-        except OSError:
-            if done:
-                return done
-            raise
+        got = _once(call, fd, rest[done:], offset + done, done)
         if got <= 0:
             break
         done += got
     return done
+
+
+def _once(call: Callable[[int, list, int], int], fd: int, mem: object, offset: int, done: int) -> int:
+    """One call; an error after `done` bytes already moved ends the transfer short (-1) instead."""
+    try:
+        return call(fd, [mem], offset)
+    except OSError:
+        if done:
+            return -1
+        raise

@@ -1,9 +1,10 @@
 """The engines, in the order `auto` tries them, and the choice of one (h5py's `_drivers` is the model).
 
 `_ENGINES` is the one list: a new engine is a module in `pygds/engines/` and one line here. `auto`
-picks the first GPU-direct engine whose own check passes, else the POSIX fallback, and says why.
-Falling back is logged once per distinct reason (`log_fallback_once`); `reset_fallback_log()`
-forgets the reasons already logged, so the next fallback warns again.
+picks the first GPU-direct engine whose own check passes, unless that engine itself prefers POSIX
+here (cuFile without nvidia-fs), else the POSIX fallback, and says why. The choice is logged once
+per distinct reason (`log_choice_once`: a fallback as a WARNING); `reset_fallback_log()` forgets
+the reasons already logged, so the next one logs again.
 """
 from __future__ import annotations
 
@@ -45,10 +46,11 @@ def all_engines() -> tuple[Engine, ...]:
 
 @dataclass(frozen=True)
 class EngineChoice:
-    """Which engine runs and why."""
+    """Which engine runs and why; `fallback`: `auto` found no usable GPU-direct engine."""
 
     name: str
     reason: str
+    fallback: bool = False
 
 
 def requested_engine(engine: str | None) -> str:
@@ -81,15 +83,20 @@ def choose_engine(engine: str | None = None) -> EngineChoice:
     """Resolve `auto` to the engine that will work here, with the reason, without opening anything.
 
     `auto` picks the first GPU-direct engine in `ENGINES` order whose check passes (cuFile, then
-    hipFile), else POSIX. An explicit engine is returned as asked; opening it reports its own errors.
+    hipFile) unless that engine prefers POSIX here (`Engine.preference`: cuFile without nvidia-fs
+    runs POSIX I/O underneath, slower than pygds's own), else POSIX. An explicit engine is returned
+    as asked; opening it reports its own errors.
     """
     name = requested_engine(engine)
     if name != "auto":
         return EngineChoice(name, f"requested ({_source(engine)})")
     found, reason, refusals = _first_usable()
-    if found is not None:
-        return EngineChoice(found.name, reason)
-    return EngineChoice(FALLBACK, "; ".join(f"{e.label}: {check.reason}" for e, check in refusals))
+    if found is None:
+        return EngineChoice(FALLBACK, "; ".join(f"{e.label}: {check.reason}" for e, check in refusals), True)
+    preference = found.preference()
+    if not preference.ok:
+        return EngineChoice(FALLBACK, f"{found.label} is usable ({reason}) but {preference.reason}")
+    return EngineChoice(found.name, f"{reason}; {preference.reason}" if preference.reason else reason)
 
 
 def gpu_direct_engine(engine: str | None = None) -> Engine:
@@ -110,20 +117,34 @@ def gpu_direct_engine(engine: str | None = None) -> Engine:
     return chosen
 
 
-_fallback_logged: set[str] = set()
-_fallback_lock = threading.Lock()
+_logged: set[str] = set()
+_log_lock = threading.Lock()
+
+
+def log_choice_once(choice: EngineChoice) -> None:
+    """Log why `auto` chose an engine, once per distinct reason, never once per file: a WARNING for a
+    fallback (no GPU-direct engine usable), INFO for a preference."""
+    if choice.fallback:
+        log_fallback_once(choice.reason)
+    elif _first_time(f"{choice.name}: {choice.reason}"):
+        log.info("pygds: engine 'auto' uses %s because %s", choice.name, choice.reason)
 
 
 def log_fallback_once(reason: str) -> None:
     """One WARNING per distinct reason for falling back to POSIX, never one per I/O."""
-    with _fallback_lock:
-        if reason in _fallback_logged:
-            return
-        _fallback_logged.add(reason)
-    log.warning("pygds: using the POSIX engine because %s", reason)
+    if _first_time(reason):
+        log.warning("pygds: using the POSIX engine because %s", reason)
+
+
+def _first_time(reason: str) -> bool:
+    with _log_lock:
+        if reason in _logged:
+            return False
+        _logged.add(reason)
+        return True
 
 
 def reset_fallback_log() -> None:
-    """Forget which fallback reasons were logged: the next fallback for each warns again."""
-    with _fallback_lock:
-        _fallback_logged.clear()
+    """Forget which reasons were logged: the next choice or fallback for each logs again."""
+    with _log_lock:
+        _logged.clear()

@@ -1,12 +1,14 @@
 """pygds's high layer on the real libcufile (stand-in CUDA driver on CI, a real GPU elsewhere).
 
-Every test here must prove cuFile moved the bytes: files report engine "cufile" and device
-memory is stand-in (or real) CUDA memory that POSIX could only reach through explicit copies.
+Every test here must prove cuFile moved the bytes: files ask for engine "cufile" (or, for `auto`,
+GDS mode is presented by the sandbox shim) and device memory is stand-in (or real) CUDA memory that
+POSIX could only reach through explicit copies.
 """
 from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -33,10 +35,29 @@ def device_bytes(buf: DeviceBuffer, n: int, offset: int = 0) -> bytes:
     return bytes(out)
 
 
-def test_auto_picks_cufile_here(tmp_path):
+def test_auto_picks_cufile_in_gds_mode(tmp_path, gds_mode):
     assert pygds.choose_engine("auto").name == "cufile"
     with pygds.File(tmp_path / "a.bin", "w") as f:
-        assert f.engine == "cufile"
+        assert f.engine == "cufile" and "GDS mode" in f.engine_reason
+
+
+def test_auto_picks_posix_in_compatibility_mode(tmp_path, compat_mode):
+    """Without nvidia-fs libcufile would do POSIX I/O through its own bounce buffers: `auto` takes
+    pygds's POSIX engine, which moves device memory through pinned buffers of its own."""
+    choice = pygds.choose_engine("auto")
+    assert choice.name == "posix" and "compatibility mode" in choice.reason and not choice.fallback
+    data = rand((9 << 20) + 5)
+    path = tmp_path / "a.bin"
+    with pygds.File(path, "w") as f:
+        assert f.engine == "posix" and f.engine_reason == choice.reason
+        assert f.write(device_with(data)) == len(data)
+    assert path.read_bytes() == data
+    dst = DeviceBuffer(len(data))
+    with pygds.File(path) as f:
+        assert f.read(dst) == len(data)
+        assert f.read(dst, 4096, 8192, buf_offset=3) == 4096
+    assert device_bytes(dst, 3) == data[:3] and device_bytes(dst, 4096, 3) == data[8192:12288]
+    assert device_bytes(dst, len(data) - 4099, 4099) == data[4099:]
 
 
 def test_driver_is_reference_counted():
@@ -71,12 +92,12 @@ def test_device_round_trip(tmp_path, size, file_offset, buf_offset):
     data = rand(size)
     path = tmp_path / "d.bin"
     src = device_with(bytes(buf_offset) + data)
-    with pygds.File(path, "w") as f:
+    with pygds.File(path, "w", engine="cufile") as f:
         assert f.engine == "cufile"
         assert f.write(src, size, file_offset, buf_offset=buf_offset) == size
     assert path.read_bytes()[file_offset:] == data
     dst = DeviceBuffer(size + buf_offset)
-    with pygds.File(path, "r") as f:
+    with pygds.File(path, "r", engine="cufile") as f:
         assert f.read(dst, size, file_offset, buf_offset=buf_offset) == size
     assert device_bytes(dst, size, buf_offset) == data
 
@@ -86,7 +107,7 @@ def test_registered_buffer_zero_copy_views(tmp_path):
     path = tmp_path / "r.bin"
     path.write_bytes(data)
     dev = DeviceBuffer(8 << 20)
-    with pygds.Driver() as drv, drv.register(dev) as reg, pygds.File(path) as f:
+    with pygds.Driver() as drv, drv.register(dev) as reg, pygds.File(path, engine="cufile") as f:
         assert reg.nbytes == 8 << 20
         # a view in the middle of the registered range goes to cuFile as (base, offset)
         inner = Pointer(dev.ptr + (1 << 20), 3 << 20, kind="device")
@@ -96,7 +117,7 @@ def test_registered_buffer_zero_copy_views(tmp_path):
         assert f.read(view, 4096, file_offset=8192, buf_offset=(5 << 20) + 3) == 4096
         assert device_bytes(dev, 4096, (5 << 20) + 3) == data[8192:12288]
     assert device_bytes(dev, 3 << 20, 1 << 20) == data
-    with pygds.File(path) as f:  # deregistered: the same read goes to cuFile as plain device memory
+    with pygds.File(path, engine="cufile") as f:  # deregistered: the same read goes to cuFile as plain device memory
         assert f.read(view, 4096, file_offset=0, buf_offset=(6 << 20) + 1) == 4096
     assert device_bytes(dev, 4096, (6 << 20) + 1) == data[:4096]
 
@@ -104,11 +125,11 @@ def test_registered_buffer_zero_copy_views(tmp_path):
 def test_pageable_host_memory_through_cufile(tmp_path):
     data = rand(100_003)
     path = tmp_path / "h.bin"
-    with pygds.File(path, "w") as f:
+    with pygds.File(path, "w", engine="cufile") as f:
         assert f.engine == "cufile"
         f.write(bytearray(data), file_offset=11)
     out = bytearray(100_010)
-    with pygds.File(path) as f:
+    with pygds.File(path, engine="cufile") as f:
         assert f.read(out, 100_003, 11, buf_offset=7) == 100_003
     assert bytes(out[7:]) == data
 
@@ -117,7 +138,7 @@ def test_short_read_at_end_of_file(tmp_path):
     path = tmp_path / "s.bin"
     path.write_bytes(rand(10_000))
     dev = DeviceBuffer(1 << 20)
-    with pygds.File(path) as f:
+    with pygds.File(path, engine="cufile") as f:
         assert f.read(dev, 1 << 20) == 10_000
         assert f.read(dev, 4096, file_offset=20_000) == 0
 
@@ -127,10 +148,10 @@ def test_large_device_request_split_over_threads(tmp_path):
     data = rand(size)
     src = device_with(data)
     path = tmp_path / "big.bin"
-    with pygds.File(path, "w") as f:
+    with pygds.File(path, "w", engine="cufile") as f:
         assert f.pwrite(src).result() == size
     dst = DeviceBuffer(size)
-    with pygds.File(path) as f:
+    with pygds.File(path, engine="cufile") as f:
         assert f.pread(dst).result() == size
     assert device_bytes(dst, size) == data
 
@@ -139,7 +160,7 @@ def test_batch_reads_and_writes(tmp_path):
     chunks = [rand(1 << 20, seed=i) for i in range(8)]
     path = tmp_path / "b.bin"
     srcs = [device_with(c) for c in chunks]
-    with pygds.File(path, "w") as f, pygds.Batch(16) as batch:
+    with pygds.File(path, "w", engine="cufile") as f, pygds.Batch(16) as batch:
         for i, s in enumerate(srcs):
             batch.write(f, s, 1 << 20, i << 20)
         assert batch.engine_batch == "cufile"
@@ -148,7 +169,7 @@ def test_batch_reads_and_writes(tmp_path):
     assert [r.nbytes for r in results] == [1 << 20] * 8
     assert path.read_bytes() == b"".join(chunks)
     dsts = [DeviceBuffer(1 << 20) for _ in range(8)]
-    with pygds.File(path) as f, pygds.Batch(8) as batch:
+    with pygds.File(path, engine="cufile") as f, pygds.Batch(8) as batch:
         for i, d in enumerate(dsts):
             batch.read(f, d, 1 << 20, (7 - i) << 20)
         results = batch.wait(timeout=30)
@@ -162,7 +183,7 @@ def test_batch_error_fails_only_that_entry(tmp_path):
     dev = DeviceBuffer(1 << 16)
     # the second target runs past the end of its device allocation: cuFile rejects that one request
     past_end = Pointer(dev.ptr + (1 << 16) - 100, 4096, kind="device")
-    with pygds.File(path) as f, pygds.Batch(4) as batch:
+    with pygds.File(path, engine="cufile") as f, pygds.Batch(4) as batch:
         batch.read(f, dev, 1 << 16, 0)
         batch.read(f, past_end, 4096, 0)
         results = batch.wait(timeout=30)
@@ -176,7 +197,7 @@ def test_batch_cancel(tmp_path):
     path = tmp_path / "c.bin"
     path.write_bytes(rand(8 << 20))
     dsts = [DeviceBuffer(1 << 20) for _ in range(8)]
-    with pygds.File(path) as f, pygds.Batch(8) as batch:
+    with pygds.File(path, engine="cufile") as f, pygds.Batch(8) as batch:
         for i, d in enumerate(dsts):
             batch.read(f, d, 1 << 20, i << 20)
         batch.submit()
@@ -191,7 +212,7 @@ def test_async_falls_back_on_compat_mode_eio(tmp_path, caplog):
     path = tmp_path / "async.bin"
     path.write_bytes(data)
     dev = DeviceBuffer(2 << 20)
-    with caplog.at_level(logging.WARNING, logger="pygds.engines.cufile.stream"), pygds.File(path, "r+") as f:
+    with caplog.at_level(logging.WARNING, logger="pygds.engines.cufile.stream"), pygds.File(path, "r+", engine="cufile") as f:
         first = f.read_async(dev, stream=0)
         assert first.wait() == 2 << 20
         assert device_bytes(dev, 2 << 20) == data
@@ -213,7 +234,7 @@ def test_stream_io_turns_native_again_on_reset_and_on_driver_reopen(tmp_path):
     path = tmp_path / "again.bin"
     path.write_bytes(data)
     dev = DeviceBuffer(1 << 20)
-    with pygds.File(path) as f:
+    with pygds.File(path, engine="cufile") as f:
         assert f.read_async(dev, stream=0).wait() == 1 << 20  # the -EIO that turns it off, if not yet off
         assert not f.read_async(dev, stream=0).native
         pygds.reset_stream_io()
@@ -222,7 +243,7 @@ def test_stream_io_turns_native_again_on_reset_and_on_driver_reopen(tmp_path):
         assert not f.read_async(dev, stream=0).native
     assert device_bytes(dev, 1 << 20) == data
     pygds.close_shared()  # the last reference: the driver closes, and opens again for the next file
-    with pygds.File(path) as f:
+    with pygds.File(path, engine="cufile") as f:
         io = f.read_async(dev, stream=0)
         assert io.native and io.wait() == 1 << 20
 
@@ -238,7 +259,7 @@ def test_driver_front_door_names_its_engine_and_registers(tmp_path):
         pygds.Driver("posix")
 
 
-def test_auto_falls_back_when_handle_registration_fails(tmp_path, caplog):
+def test_auto_falls_back_when_handle_registration_fails(tmp_path, caplog, gds_mode):
     pygds.reset_fallback_log()
     with caplog.at_level(logging.WARNING, logger="pygds.engines.registry"):
         with pygds.File("/dev/null", "r+") as f:
@@ -263,3 +284,24 @@ def test_posix_engine_with_device_buffers(tmp_path):
     with pygds.File(path, engine="posix", direct=True) as f:
         assert f.read(dst) == len(data)
     assert device_bytes(dst, len(data)) == data
+
+
+def test_posix_device_reads_alternate_the_stage_halves(tmp_path):
+    """A request larger than half a bounce stage, run whole (an I/O thread's), is read piece by piece
+    into the stage's halves, each copied on its own stream while the next is read: every byte lands,
+    at odd offsets, and a read past the end of the file stops short with the right count."""
+    data = rand((19 << 20) + 7)
+    path = tmp_path / "pipe.bin"
+    path.write_bytes(data)
+    dst = DeviceBuffer(len(data) + 5)
+
+    def whole_reads() -> tuple[int, int]:
+        pygds.pool.mark_io_thread()
+        with pygds.File(path, engine="posix") as f:
+            return f.read(dst, len(data) - 3, 3, buf_offset=5), f.read(dst, 12 << 20, len(data) - (9 << 20))
+
+    with ThreadPoolExecutor(1) as pool:
+        first, second = pool.submit(whole_reads).result(timeout=120)
+    assert first == len(data) - 3 and second == 9 << 20
+    assert device_bytes(dst, 9 << 20) == data[-(9 << 20):]
+    assert device_bytes(dst, len(data) - 3 - (9 << 20) + 5, 9 << 20) == data[3 + (9 << 20) - 5:]

@@ -46,7 +46,7 @@ def files(tmp_path):
 
 
 def reuse_descriptors(path: Path, mode: str = "r", n: int = 4) -> list[pygds.File]:
-    opened = [pygds.File(path, mode) for _ in range(n)]
+    opened = [pygds.File(path, mode, engine="cufile") for _ in range(n)]
     assert all(f.engine == "cufile" for f in opened)
     return opened
 
@@ -59,7 +59,7 @@ def close_all(opened: list[pygds.File]) -> None:
 def test_close_waits_for_a_read_future(files):
     a, b = files
     dst = DeviceBuffer(SIZE)
-    f = pygds.File(a)
+    f = pygds.File(a, engine="cufile")
     assert f.engine == "cufile"
     fut = f.pread(dst)
     f.close()
@@ -74,7 +74,7 @@ def test_close_waits_for_a_direct_write_future(files):
     data = pattern(3)
     src = DeviceBuffer(SIZE)
     src.copy_from_host(bytearray(data))
-    f = pygds.File(a, "r+", direct=True)
+    f = pygds.File(a, "r+", direct=True, engine="cufile")
     assert f.engine == "cufile"
     fut = f.pwrite(src)
     f.close()
@@ -87,7 +87,7 @@ def test_close_waits_for_a_direct_write_future(files):
 def test_a_future_keeps_its_file_open(files):
     a, b = files
     dst = DeviceBuffer(SIZE)
-    fut = pygds.File(a).pread(dst)
+    fut = pygds.File(a, engine="cufile").pread(dst)
     gc.collect()
     others = reuse_descriptors(b)
     assert fut.result(timeout=120) == SIZE
@@ -102,7 +102,7 @@ def test_batch_then_close(files, memory):
     a, b = files
     n, part = 8, SIZE // 8
     bufs = [DeviceBuffer(part) if memory == "device" else bytearray(part) for _ in range(n)]
-    f = pygds.File(a)
+    f = pygds.File(a, engine="cufile")
     batch = pygds.Batch(n)
     for i, buf in enumerate(bufs):
         batch.read(f, buf, part, i * part)
@@ -124,7 +124,7 @@ def test_stream_io_then_close(files):
     pygds.reset_stream_io()  # take the cuFile async path first
     a, b = files
     dst = DeviceBuffer(SIZE)
-    f = pygds.File(a)
+    f = pygds.File(a, engine="cufile")
     io = f.read_async(dst, stream=0)
     assert io.native
     f.close()
@@ -140,7 +140,7 @@ def test_close_inside_a_pool_thread_finishes_the_queued_work(files):
     pool.set_num_threads(1)
     try:
         dst = DeviceBuffer(SIZE)
-        f = pygds.File(a)
+        f = pygds.File(a, engine="cufile")
 
         def job() -> int:
             fut = f.pread(dst)  # queued behind this very job on the only pool thread

@@ -3,9 +3,10 @@ real libcufile on them (issue 8).
 
 `build_standin(dest)` builds `libcuda.so.1` (from `cuda_standin.c`) and the `LD_PRELOAD` shim
 (from `sandbox_shim.c`) with the system C compiler, and writes the files the shim redirects to:
-an empty `/proc/modules`, a udev record that classifies any block device as ext4, and a
-`cufile.json` so a host's `/etc/cufile.json` cannot change what the tests see. `Standin.env()`
-is the environment for a subprocess; the process that builds the stand-in never loads it.
+an empty `/proc/modules`, a udev record that classifies any block device as ext4, a directory that
+stands for `/proc/driver/nvidia-fs` when a test presents GDS mode to pygds, and a `cufile.json` so
+a host's `/etc/cufile.json` cannot change what the tests see. `Standin.env()` is the environment
+for a subprocess; the process that builds the stand-in never loads it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ CUFILE_CONFIG = {
     "logging": {"level": "ERROR"},  # NOTICE lines ("running in compatible mode") are always kept
     "properties": {"allow_compat_mode": True},
 }
+NVIDIA_FS_ENV = "PYGDS_SHIM_NVIDIA_FS"
+"""The shim's variable: a directory opened instead of `/proc/driver/nvidia-fs`. Set (also at run time,
+in a process the shim is loaded into) it presents GDS mode to pygds's engine choice, while libcufile
+still runs its compatibility mode (it opens only the files inside, which stay absent)."""
 COMPILE_FLAGS = ("-shared", "-fPIC", "-O2", "-Wall")
 # Where the nvidia-cufile wheels put the library (CUDA 13, then CUDA 12 layouts).
 LIBCUFILE_WHEEL_PATHS = ("nvidia/cu13/lib/libcufile.so.0", "nvidia/cu12/lib/libcufile.so.0",
@@ -55,18 +60,20 @@ class Standin:
     shim: Path
     proc_modules: Path  # empty file read instead of /proc/modules
     missing_proc_modules: Path  # never exists: /proc/modules is redirected here when "absent"
+    nvidia_fs: Path  # an empty directory opened instead of /proc/driver/nvidia-fs (GDS mode presented)
     udev_record: Path
     cufile_json: Path
     log_path: Path
 
     def env(self, base: Mapping[str, str] | None = None, *, proc_modules: bool = True,
-            devices: int = 1) -> dict[str, str]:
+            devices: int = 1, nvidia_fs: bool = False) -> dict[str, str]:
         """The full environment of a subprocess that runs libcufile on the stand-in.
 
         `base` defaults to `os.environ`. `proc_modules=False` makes `/proc/modules` impossible
         to open on any host, as in a gVisor-style sandbox: libcufile's `cuFileDriverOpen` then
         spins forever, so run such a process only under a hard timeout. `devices` is the number
-        of stand-in GPUs (0: `cuInit` fails with CUDA_ERROR_NO_DEVICE).
+        of stand-in GPUs (0: `cuInit` fails with CUDA_ERROR_NO_DEVICE). `nvidia_fs=True` presents
+        GDS mode to pygds (see `NVIDIA_FS_ENV`); by default nvidia-fs is absent, as it is here.
         """
         if devices < 0:
             raise ValueError(f"devices must be >= 0, got {devices}")
@@ -76,6 +83,10 @@ class Standin:
         env["PYGDS_SHIM_PROC_MODULES"] = str(self.proc_modules if proc_modules
                                              else self.missing_proc_modules)
         env["PYGDS_SHIM_UDEV_RECORD"] = str(self.udev_record)
+        if nvidia_fs:
+            env[NVIDIA_FS_ENV] = str(self.nvidia_fs)
+        else:
+            env.pop(NVIDIA_FS_ENV, None)
         env["PYGDS_STANDIN_DEVICES"] = str(devices)
         env["CUFILE_ENV_PATH_JSON"] = str(self.cufile_json)
         env["CUFILE_LOGFILE_PATH"] = str(self.log_path)
@@ -163,6 +174,7 @@ def build_standin(dest_dir: Path) -> Standin:
         shim=root / "libpygds_sandbox_shim.so",
         proc_modules=root / "proc_modules",
         missing_proc_modules=root / "proc_modules.absent",
+        nvidia_fs=root / "nvidia-fs",
         udev_record=root / "udev_record",
         cufile_json=root / "cufile.json",
         log_path=log_dir / "cufile.log",
@@ -172,6 +184,7 @@ def build_standin(dest_dir: Path) -> Standin:
     _compile(compiler, SHIM_SOURCE, standin.shim, SHIM_FLAGS)
     standin.proc_modules.write_text("")
     standin.missing_proc_modules.unlink(missing_ok=True)
+    standin.nvidia_fs.mkdir(exist_ok=True)
     standin.udev_record.write_text(UDEV_RECORD)
     standin.cufile_json.write_text(json.dumps(CUFILE_CONFIG, indent=2) + "\n")
     standin.clear_log()

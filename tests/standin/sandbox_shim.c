@@ -7,9 +7,13 @@
  *
  *   PYGDS_SHIM_PROC_MODULES  file opened instead of /proc/modules
  *   PYGDS_SHIM_UDEV_RECORD   file opened instead of any /run/udev/data/b*
+ *   PYGDS_SHIM_NVIDIA_FS     directory opened instead of /proc/driver/nvidia-fs
  *
  * An unset variable leaves that path alone, so a test can also run the
- * library with /proc/modules missing.
+ * library with /proc/modules missing.  The last one presents "GDS mode" to
+ * pygds, which opens that directory to tell whether nvidia-fs is loaded;
+ * libcufile opens only the files inside it (version, devcount, ...), which
+ * stay absent, so libcufile itself still runs its compatibility mode.
  *
  * Build: cc -shared -fPIC -O2 -Wall -o libpygds_sandbox_shim.so sandbox_shim.c -ldl
  */
@@ -34,6 +38,10 @@ static const char *redirect(const char *path)
     }
     if (strncmp(path, "/run/udev/data/b", 16) == 0) {
         const char *to = getenv("PYGDS_SHIM_UDEV_RECORD");
+        return to != NULL && *to ? to : path;
+    }
+    if (strcmp(path, "/proc/driver/nvidia-fs") == 0) {
+        const char *to = getenv("PYGDS_SHIM_NVIDIA_FS");
         return to != NULL && *to ? to : path;
     }
     return path;

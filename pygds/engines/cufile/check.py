@@ -31,8 +31,25 @@ def check_proc_modules(path: str = "/proc/modules") -> Check:
 
 
 def nvidia_fs_loaded() -> bool:
-    """Whether the nvidia-fs kernel module is present (true GDS); without it cuFile runs in compat mode."""
-    return os.path.exists(NVIDIA_FS)
+    """Whether the nvidia-fs kernel module is present (true GDS); without it cuFile runs in its
+    compatibility mode. Its /proc directory is opened (an `open`, as libcufile opens the files in
+    it), so the sandbox shim of tests/standin can present GDS mode."""
+    try:
+        fd = os.open(NVIDIA_FS, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def gds_mode() -> Check:
+    """Whether cuFile would move data by DMA here (ok) or run its compatibility mode, which is POSIX
+    I/O through host memory underneath (not ok); the reason says which and why."""
+    if nvidia_fs_loaded():
+        return Check(True, f"nvidia-fs is loaded ({NVIDIA_FS}): GDS mode, DMA between storage and GPU memory")
+    return Check(False, f"nvidia-fs is not loaded ({NVIDIA_FS} is absent): cuFile would run its compatibility "
+                        "mode, POSIX I/O through host memory underneath",
+                 "load the nvidia-fs kernel module (modprobe nvidia_fs) for GPUDirect Storage")
 
 
 def _safety_checks() -> tuple[Check, ...]:
