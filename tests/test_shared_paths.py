@@ -116,19 +116,27 @@ def _run(work: Path, worker_paths: list[list[str]], injector_paths: list[str] | 
                      "seed": rng.randrange(1 << 30), "interval_s": INJECT_INTERVAL_S})
     else:
         (work / "done_injector").touch()
-    procs = [subprocess.Popen([sys.executable, str(WORKER), json.dumps(job)], env=env, cwd=REPO_ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for job in jobs]
+    # output goes to files, not pipes: a process whose pipe nobody reads yet (the others are waited
+    # for one by one) would block on a full pipe, holding up every process that waits for it
+    logs = [(work / f"out{i}.txt", work / f"err{i}.txt") for i in range(len(jobs))]
+    procs = []
+    for job, (out_path, err_path) in zip(jobs, logs):
+        with open(out_path, "w") as out, open(err_path, "w") as err:
+            procs.append(subprocess.Popen([sys.executable, str(WORKER), json.dumps(job)], env=env, cwd=REPO_ROOT,
+                                          stdout=out, stderr=err, text=True))
     try:
         ready = [work / f"ready{i}" for i in range(len(worker_paths))]
         ready += [work / "ready_injector"] if injector_paths is not None else []
         deadline = time.monotonic() + 120
         while not all(r.exists() for r in ready):
-            for p in procs:
-                assert p.poll() is None, f"a process exited before it was ready:\n{p.communicate()[1]}"
+            for p, (_, err_path) in zip(procs, logs):
+                assert p.poll() is None, f"a process exited before it was ready:\n{err_path.read_text()}"
             assert time.monotonic() < deadline, "the processes were not ready within 120 s"
             time.sleep(0.01)
         (work / "go").touch()
-        outputs = [p.communicate(timeout=seconds + 300) for p in procs]
+        for p in procs:
+            p.wait(timeout=seconds + 300)
+        outputs = [(out_path.read_text(), err_path.read_text()) for out_path, err_path in logs]
     finally:
         for p in procs:
             if p.poll() is None:
