@@ -19,7 +19,6 @@ import argparse
 import ctypes
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,27 +26,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout, no install needed
 
-from benchmarks.common import MiB, Case, Contender, emit, machine, per_call, rate_table, rounds  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    MiB, Case, Contender, emit, machine, per_call, rate_table, rounds, run_under_standin)
 
 CHILD_FLAG = "PYGDS_BENCH_CUFILE_CHILD"
-
-
-def run_under_standin(argv: list[str]) -> int:
-    """Build the stand-in, run this script again under its environment, clean up."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from standin.build import build_standin
-
-    root = tempfile.mkdtemp(prefix="pygds-bench-standin-")
-    try:
-        standin = build_standin(Path(root))
-        env = standin.env()
-        env[CHILD_FLAG] = "stand-in"
-        done = subprocess.run([sys.executable, __file__, *argv], env=env, check=False)
-        if done.returncode not in (0, 1):
-            sys.stderr.write(f"--- cufile.log\n{standin.log_text()}\n")
-        return done.returncode
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def measure(args: argparse.Namespace, where: str) -> int:
@@ -179,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         return measure(args, "the machine's CUDA driver")
     if os.environ.get(CHILD_FLAG):
         return measure(args, "the CUDA driver stand-in (libcufile compatibility mode, no GPU)")
-    return run_under_standin(argv)
+    return run_under_standin(__file__, argv, CHILD_FLAG)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from benchmarks.common import (  # noqa: E402
     random_buffer,
     rate_table,
     rounds,
+    run_under_standin,
     touched_buffer,
     warm_page_cache,
     write_file,
@@ -59,24 +59,6 @@ QUICK = {"sizes": "4K,1M,64M", "volume": "64M", "max_calls": 256, "runs": 3}
 
 class WrongBytes(RuntimeError):
     """A contender's run left other bytes than the file (read) or the buffer (write) holds."""
-
-
-def run_under_standin(argv: list[str]) -> int:
-    """Build the stand-in, run this script again under its environment, clean up."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from standin.build import build_standin
-
-    root = tempfile.mkdtemp(prefix="pygds-bench-standin-")
-    try:
-        standin = build_standin(Path(root))
-        env = standin.env()
-        env[CHILD_FLAG] = "stand-in"
-        done = subprocess.run([sys.executable, __file__, *argv], env=env, check=False)
-        if done.returncode not in (0, 1):
-            sys.stderr.write(f"--- cufile.log\n{standin.log_text()}\n")
-        return done.returncode
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass
@@ -279,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return measure(args, "the machine's CUDA driver")
     if os.environ.get(CHILD_FLAG):
         return measure(args, "the CUDA driver stand-in (no GPU)")
-    return run_under_standin(argv)
+    return run_under_standin(__file__, argv, CHILD_FLAG)
 
 
 if __name__ == "__main__":

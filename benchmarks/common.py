@@ -12,11 +12,14 @@ import mmap
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from pygds import fsinfo
@@ -279,3 +282,22 @@ def emit(title: str, info: dict[str, object], body: str, payload: dict[str, obje
         with open(json_path, "w") as fh:
             json.dump({"title": title, "machine": info, **payload}, fh, indent=2)
             fh.write("\n")
+
+
+def run_under_standin(script: str, argv: list[str], child_flag: str) -> int:
+    """Build the CUDA driver stand-in (tests/standin), run `script` again under its environment
+    with `child_flag` set, clean up; the child's exit code (libcufile's log shown when it failed)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from standin.build import build_standin
+
+    root = tempfile.mkdtemp(prefix="pygds-bench-standin-")
+    try:
+        standin = build_standin(Path(root))
+        env = standin.env()
+        env[child_flag] = "stand-in"
+        done = subprocess.run([sys.executable, script, *argv], env=env, check=False)
+        if done.returncode not in (0, 1):
+            sys.stderr.write(f"--- cufile.log\n{standin.log_text()}\n")
+        return done.returncode
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
