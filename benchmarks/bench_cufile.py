@@ -1,4 +1,4 @@
-"""The cuFile engine's own cost: pygds `File.read` against bare ctypes `cuFileRead` calls (issue 8).
+"""The cuFile engine's own cost: pygds `File.read` against bare ctypes `cuFileRead` calls.
 
 Both contenders use the same registered device buffer, the same file and the same cuFile handle
 (the one the pygds `File` registered), so the difference is what the binding adds per call:

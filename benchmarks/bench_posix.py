@@ -1,4 +1,4 @@
-"""pygds's POSIX engine against a plain `os.preadv`/`os.pwritev` loop and `dd` (issue 2's goal).
+"""pygds's POSIX engine against a plain `os.preadv`/`os.pwritev` loop and `dd`.
 
 32 MiB blocks (one 256-token KV chunk of Llama-3.1-8B) between one file and host memory: reads
 with the page cache warm and with O_DIRECT, buffered overwrites of the cached file and O_DIRECT

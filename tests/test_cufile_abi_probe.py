@@ -162,7 +162,7 @@ def test_every_field_offset_and_size(probe: dict) -> None:
 
 
 def test_the_layout_facts_libcufile_depends_on(probe: dict) -> None:
-    # Measured the hard way (issue 8): the handle union holds a pointer, so it sits at offset 8.
+    # Measured the hard way: the handle union holds a pointer, so it sits at offset 8.
     assert probe["offset"]["CUfileDescr_t handle"] == 8 == abi.CUfileDescr_t.handle.offset
     assert probe["offset"]["CUfileDescr_t fs_ops"] == 16
     assert probe["offset"]["CUfileIOParams_t u.batch.size"] == abi.CUfileIOParams_t.u.offset + 24

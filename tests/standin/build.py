@@ -1,5 +1,5 @@
 """Compile the CUDA driver stand-in and the sandbox shim, and give the environment that runs the
-real libcufile on them (issue 8).
+real libcufile on them.
 
 `build_standin(dest)` builds `libcuda.so.1` (from `cuda_standin.c`) and the `LD_PRELOAD` shim
 (from `sandbox_shim.c`) with the system C compiler, and writes the files the shim redirects to:
