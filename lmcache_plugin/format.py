@@ -229,6 +229,12 @@ def checksum_of(pieces: Iterable[Any]) -> str:
     return _CHECKSUM_PREFIX + hasher.hexdigest()
 
 
+def header_digest(raw: bytes) -> int:
+    """A 128-bit xxh3 of a header's bytes: equal digests mean the same bytes, so a header checked
+    once need not be parsed again when a file shows the same bytes."""
+    return xxhash.xxh3_128_intdigest(raw)
+
+
 def pack_header(header: EntryHeader) -> bytes:
     """The `HEADER_SIZE` bytes LMCache's `pack_metadata` writes for this header.
 

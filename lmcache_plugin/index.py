@@ -23,7 +23,9 @@ from .format import EntryHeader
 
 @dataclass
 class Entry:
-    """One indexed entry. `size` is its bytes on disk (data + metadata) when known."""
+    """One indexed entry. `size` is its bytes on disk (data + metadata) when known. `digest`
+    (`format.header_digest`) identifies the exact header bytes `header` was checked from, so that
+    a read finding the same bytes need not parse and check them again."""
 
     stem: str
     base: str
@@ -33,6 +35,7 @@ class Entry:
     header: EntryHeader | None = None
     pins: int = 0
     key_text: str | None = None
+    digest: int | None = None
 
 
 class ScannedDir(NamedTuple):

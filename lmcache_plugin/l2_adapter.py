@@ -13,17 +13,23 @@ the server at start, naming the key, the value and the fix) and calls
   `KVStore` per path; a key is written to `paths[xxh3(key text) % len(paths)]` and looked for in
   that path first, then in the others (entries written under another path list stay found).
 - The same store as the in-process plugin: 4 KiB header naming the key, checksum, atomic publish,
-  start-up scan of every path, capacity bound per path. Key texts: `l2_names.py`.
+  start-up scan of every path, capacity bound per path. Key texts: `l2_names.py`. No `.metadata`
+  companions (`StoreOptions.metadata_file` off): they exist for LMCache's GdsBackend, which never
+  reads MP entries, and would cost a second file create and rename per entry.
 - Memory: the objects are carved from LMCache's host L1 arena. With cuFile the arena is registered
   once from `l1_memory_desc`; otherwise the POSIX engine moves it with pread/pwrite, and the
-  start-up log says which ran and why. `direct_io` (default on: the arena is the cache, the page
-  cache would only hold a second copy) opens data files with O_DIRECT; pygds moves the aligned
-  part of a request directly and the rest buffered.
-- Threads: submits only queue work. Stores and loads run key by key on their own pools (so a
-  task's keys move in parallel and loads never wait behind stores), lookups on one thread; each
-  completion is signalled on the operation's event fd.
+  start-up log says which ran and why. `direct_io` opens the data files of entries of at least
+  `direct_io_min_kb` (default 1 MiB) with O_DIRECT: for those the arena is the cache, the page
+  cache would only hold a second copy, and a buffered write costs several times the CPU of a
+  direct one (page allocation and copy); smaller entries cost less through the page cache than
+  through a device round trip each, and a load may find them there (BENCHMARKS.md, MP mode).
+  pygds moves the aligned part of a request directly and the rest buffered.
+- Threads: submits only queue work. Stores and loads run on their own pools (so loads never wait
+  behind stores): a task queues up to `io_threads` workers, each taking the task's next key until
+  none is left, so its keys move in parallel without a queued item per key. Lookups run on one
+  thread; each completion is signalled on the operation's event fd.
 - Accounting: every entry this adapter holds (those the start-up scan found included) is reported
-  to LMCache with `_notify_keys_stored` at its disk size (data + data header + `.metadata`), so
+  to LMCache with `_notify_keys_stored` at its disk size (its data file: header + data), so
   LMCache's L2 eviction (an `"eviction"` block beside `adapter_params`) sees real usage against
   `max_capacity_gb`; entries the store evicted itself, or that vanished, are reported deleted.
 - Locks: lookup-and-lock pins the entry it found (`KVStore.pin`); eviction, LMCache's `delete`
@@ -61,8 +67,11 @@ logger = init_logger(__name__)  # LMCache's handlers: these lines appear in the 
 ENGINES = ("auto", "posix", "cufile")
 CHECKSUMS = ("auto", "always", "off")
 GIB = 1 << 30
-ENTRY_OVERHEAD = 2 * HEADER_SIZE
-"""Disk bytes of an entry beyond its data: the data file's header and the `.metadata` copy."""
+DIRECT_IO_MIN_KB = 1024
+"""Default `direct_io_min_kb`: measured, 256 KiB entries stored and loaded faster buffered and
+4 MiB entries faster with O_DIRECT (BENCHMARKS.md, MP mode); 1 MiB lies between."""
+ENTRY_OVERHEAD = HEADER_SIZE
+"""Disk bytes of an entry beyond its data: the data file's header."""
 
 
 class L2ParamError(ValueError):
@@ -98,20 +107,25 @@ class GdsL2AdapterConfig(L2AdapterConfigBase):
                            "(default: unbounded); LMCache's L2 eviction needs it",
         "engine": "auto | posix | cufile (default auto: cuFile with the L1 arena registered where "
                   "usable, else POSIX)",
-        "direct_io": "O_DIRECT for data files (default true: the L1 arena is the cache, the page "
-                     "cache would only hold a second copy); unaligned parts go buffered",
+        "direct_io": "O_DIRECT for the data files of entries of at least direct_io_min_kb (default "
+                     "true: the L1 arena is the cache, the page cache would only hold a second copy); "
+                     "unaligned parts go buffered",
+        "direct_io_min_kb": "entries smaller than this many KiB are written and read buffered "
+                            "(default 1024: below it the page cache costs less than a device round trip "
+                            "per entry); 0 sends every entry through O_DIRECT",
         "io_threads": "parallel stores and, separately, parallel loads (default 8)",
         "checksum": "auto | always | off: xxh3 checksum of every entry (default auto = on)",
         "fsync": "fsync each entry before publishing it (default false)",
     }
 
     def __init__(self, paths: Sequence[str], max_capacity_gb: float | None = None, engine: str = "auto",
-                 direct_io: bool = True, io_threads: int = 8, checksum: str = "auto",
-                 fsync: bool = False) -> None:
+                 direct_io: bool = True, direct_io_min_kb: int = DIRECT_IO_MIN_KB, io_threads: int = 8,
+                 checksum: str = "auto", fsync: bool = False) -> None:
         self.paths = tuple(paths)
         self.max_capacity_gb = max_capacity_gb
         self.engine = engine
         self.direct_io = direct_io
+        self.direct_io_min_kb = direct_io_min_kb
         self.io_threads = io_threads
         self.checksum = checksum
         self.fsync = fsync
@@ -144,11 +158,15 @@ class GdsL2AdapterConfig(L2AdapterConfigBase):
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
             raise L2ParamError("max_capacity_gb", cap, "not a positive number",
                                "give the bound in GiB, e.g. 500, or leave it out for no bound")
+        min_kb = d.get("direct_io_min_kb", DIRECT_IO_MIN_KB)
+        if isinstance(min_kb, bool) or not isinstance(min_kb, int) or min_kb < 0:
+            raise L2ParamError("direct_io_min_kb", min_kb, "not an integer >= 0",
+                               "use e.g. 1024, or 0 to send every entry through O_DIRECT")
         threads = d.get("io_threads", 8)
         if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256:
             raise L2ParamError("io_threads", threads, "not an integer from 1 to 256", "use e.g. 8")
         return cls(paths=paths, max_capacity_gb=cap, engine=_choice(d, "engine", "auto", ENGINES),
-                   direct_io=_flag(d, "direct_io", True), io_threads=threads,
+                   direct_io=_flag(d, "direct_io", True), direct_io_min_kb=min_kb, io_threads=threads,
                    checksum=_choice(d, "checksum", "auto", CHECKSUMS), fsync=_flag(d, "fsync", False))
 
     @classmethod
@@ -222,13 +240,16 @@ def _mp(key: ObjectKey) -> MpKey:
 
 
 class _Task:
-    """A submitted store or load: per-key results filled in by pool threads."""
+    """A submitted store or load: per-key results filled in by pool threads, which take its keys
+    one by one (`take`) until none is left."""
 
-    __slots__ = ("held", "keys", "left", "lock", "results", "sizes", "task_id")
+    __slots__ = ("held", "keys", "left", "lock", "objects", "results", "sizes", "take", "task_id")
 
-    def __init__(self, task_id: int, keys: list[ObjectKey]) -> None:
+    def __init__(self, task_id: int, keys: list[ObjectKey], objects: list[Any]) -> None:
         self.task_id = task_id
         self.keys = keys
+        self.objects = objects
+        self.take = itertools.count().__next__  # atomic under the GIL
         self.results = [False] * len(keys)
         self.sizes = [0] * len(keys)
         self.held: list[tuple[ObjectKey, str, int, int] | None] = [None] * len(keys)
@@ -264,7 +285,9 @@ class GdsL2Adapter(L2AdapterInterface):
             for path in config.paths:
                 self._stores.append(KVStore(StoreOptions(
                     paths=[path], engine=self._engine.name, io_threads=0, direct_io=config.direct_io,
-                    capacity_bytes=per_path, fsync=config.fsync, checksum=config.checksum)))
+                    direct_io_min_bytes=config.direct_io_min_kb << 10,
+                    capacity_bytes=per_path, fsync=config.fsync, checksum=config.checksum,
+                    metadata_file=False)))
         except BaseException:
             self._close_stores()
             if self._engine.registered is not None:
@@ -298,7 +321,7 @@ class GdsL2Adapter(L2AdapterInterface):
                     + ("pread/pwrite" if self._engine.name == "posix" else "cuFile's own staging")))
         logger.info("GdsL2Adapter: %d path(s) %s, engine %s (%s); L1 arena %s; O_DIRECT %s; capacity %s",
                     len(self._stores), ", ".join(config.paths), self._engine.name, self._engine.reason, arena,
-                    "on" if config.direct_io else "off",
+                    f"for entries of {config.direct_io_min_kb} KiB and more" if config.direct_io else "off",
                     "unbounded" if capacity is None else f"{capacity} bytes")
 
     # -- keys and paths ---------------------------------------------------------------------
@@ -324,14 +347,19 @@ class GdsL2Adapter(L2AdapterInterface):
         task = self._new_task(keys, objects)
         if not keys:
             self._finish_store(task)
-        for i, obj in enumerate(objects):
-            self._store_pool.submit(self._store_one, task, i, obj)
+        for _ in range(min(self.config.io_threads, len(keys))):
+            self._store_pool.submit(self._store_keys, task)
         return task.task_id
 
     def _new_task(self, keys: list[ObjectKey], objects: list[Any]) -> _Task:
         if len(keys) != len(objects):
             raise ValueError(f"{len(keys)} keys but {len(objects)} memory objects; pass one object per key")
-        return _Task(next(self._ids), list(keys))
+        return _Task(next(self._ids), list(keys), list(objects))
+
+    def _store_keys(self, task: _Task) -> None:
+        n = len(task.keys)
+        while (i := task.take()) < n:
+            self._store_one(task, i, task.objects[i])
 
     def _store_one(self, task: _Task, i: int, obj: Any) -> None:
         key, written, held = task.keys[i], 0, None
@@ -416,9 +444,14 @@ class GdsL2Adapter(L2AdapterInterface):
         task = self._new_task(keys, objects)
         if not keys:
             self._finish_load(task)
-        for i, obj in enumerate(objects):
-            self._load_pool.submit(self._load_one, task, i, obj)
+        for _ in range(min(self.config.io_threads, len(keys))):
+            self._load_pool.submit(self._load_keys, task)
         return task.task_id
+
+    def _load_keys(self, task: _Task) -> None:
+        n = len(task.keys)
+        while (i := task.take()) < n:
+            self._load_one(task, i, task.objects[i])
 
     def _load_one(self, task: _Task, i: int, obj: Any) -> None:
         ok = False
@@ -549,7 +582,7 @@ class GdsL2Adapter(L2AdapterInterface):
                     key = ObjectKey(*mp)
                 except (OSError, ValueError):
                     continue
-                items.append((key, text, st.st_size + HEADER_SIZE, idx))
+                items.append((key, text, st.st_size, idx))
             if self._closed.is_set():
                 return
             self._account(items)
@@ -577,6 +610,7 @@ class GdsL2Adapter(L2AdapterInterface):
         return {"is_healthy": not self._closed.is_set(), "type": type(self).__name__,
                 "engine": self._engine.name, "engine_reason": self._engine.reason,
                 "l1_registered": self._engine.registered is not None, "direct_io": self.config.direct_io,
+                "direct_io_min_kb": self.config.direct_io_min_kb,
                 "locked_keys": locked, "paths": paths}
 
     # -- shutdown ---------------------------------------------------------------------------

@@ -21,12 +21,21 @@ class StoreOptions:
     engine: one of `pygds.ENGINES` ("auto", ...), passed to `pygds.File` for data I/O.
     io_threads: workers of the I/O pool behind `submit_*`; <= 0 runs them in the caller.
     direct_io: open data files with O_DIRECT.
+    direct_io_min_bytes: with `direct_io`, entries of fewer data bytes than this are written and
+        read buffered (0, the default: none). A small entry costs less CPU through the page cache
+        than through a device round trip, and a read may find it there; a large one costs more
+        (page allocation and copy) and would only double memory that already holds it.
     data_suffix: ".kvcache.safetensors" (".weka1" on wekafs).
     tmp_max_age_s: the start-up scan removes temporary files older than this; never younger ones.
     capacity_bytes: bound on the bytes of entries in the write path; None = unbounded (default).
     capacity_fraction: bound as a fraction (0, 1] of the write path's file system size.
         When both are set the smaller bound applies.
     fsync: fsync data and metadata before publishing them.
+    metadata_file: write the `.metadata` companion of each entry (default). LMCache's GdsBackend
+        finds entries by it; a store whose entries no GdsBackend reads (the multiprocess-mode L2
+        adapter) turns it off and writes one file with one rename per entry. The data file's own
+        header is the record either way: entries with and without a `.metadata` are read,
+        counted and removed alike, and a missing one is rebuilt only when this is on.
     scan: run the start-up scan of all paths in a background thread.
     stats_interval_s: publish the counters to `<write path>/.pygds-stats/<host>-<pid>.json`
         this often (and at close) for `pygds cache stats`; 0 (the default) disables publishing.
@@ -42,11 +51,13 @@ class StoreOptions:
     engine: str = "auto"
     io_threads: int = 4
     direct_io: bool = False
+    direct_io_min_bytes: int = 0
     data_suffix: str = DATA_SUFFIX
     tmp_max_age_s: float = 3600.0
     capacity_bytes: int | None = None
     capacity_fraction: float | None = None
     fsync: bool = False
+    metadata_file: bool = True
     scan: bool = True
     stats_interval_s: float = 0.0
     checksum: str = "auto"
@@ -57,6 +68,9 @@ class StoreOptions:
             raise ValueError(f"engine {self.engine!r} is unknown; use one of {', '.join(pygds.ENGINES)}")
         if not isinstance(self.io_threads, int):
             raise ValueError(f"io_threads must be an integer, got {self.io_threads!r}")
+        limit = self.direct_io_min_bytes
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise ValueError(f"direct_io_min_bytes must be an integer >= 0, got {limit!r}")
         if not self.tmp_max_age_s >= 0:
             raise ValueError(f"tmp_max_age_s must be >= 0 seconds, got {self.tmp_max_age_s!r}")
         cap = self.capacity_bytes

@@ -4,7 +4,8 @@ Publication is one step: a file is written under a fresh temporary name next to 
 (`<final>.tmp<8 hex>`, which every scan knows as temporary) and renamed over it, so a reader sees
 the whole old file, the whole new one, or none. An entry publishes its data file first and its
 `.metadata` last, and a failure on the way removes what it had made: nothing partial is ever
-visible. With `fsync` each file reaches the disk before its rename; without it a process crash
+visible (an entry of a store without `.metadata` files is its data file alone, published in the
+one rename). With `fsync` each file reaches the disk before its rename; without it a process crash
 still loses nothing renamed, and a file torn by a power loss fails the size check on read.
 
 Removal is the reverse order: the `.metadata` first, so that no scan indexes half an entry.
@@ -24,8 +25,9 @@ from .layout import metadata_path, tmp_path
 
 logger = logging.getLogger(__name__)
 
-OpenFile = Callable[[str, str], pygds.File]
-"""Opens an entry's data file with a mode ("r" or "x"): the store's engine and direct-I/O choice."""
+OpenFile = Callable[[str, str, int], pygds.File]
+"""Opens an entry's data file with a mode ("r" or "x") for an entry of so many data bytes: the
+store's engine and direct-I/O choice."""
 
 
 def publish(final: str, write: Callable[[str], None], *, make_dirs: bool = False) -> None:
@@ -63,13 +65,15 @@ def publish_bytes(final: str, data: bytes, *, fsync: bool = False, make_dirs: bo
 
 
 def publish_entry(
-    final: str, header_bytes: bytes, view: Any, nbytes: int, open_file: OpenFile, *, fsync: bool
+    final: str, header_bytes: bytes, view: Any, nbytes: int, open_file: OpenFile, *, fsync: bool,
+    metadata: bool = True,
 ) -> None:
     """Publish an entry: the data file (header, then `nbytes` of `view` through `open_file`),
-    then its `.metadata`. All or nothing: a failed `.metadata` removes the data file again."""
+    then, with `metadata`, its `.metadata`. All or nothing: a failed `.metadata` removes the data
+    file again."""
 
     def write(tmp: str) -> None:
-        with open_file(tmp, "x") as f:
+        with open_file(tmp, "x", nbytes) as f:
             pwrite_all(f.fd, header_bytes, 0)
             if nbytes:
                 f.write(view, nbytes, file_offset=HEADER_SIZE)
@@ -77,6 +81,8 @@ def publish_entry(
                 f.fsync()
 
     publish(final, write, make_dirs=True)
+    if not metadata:
+        return
     try:
         publish_bytes(metadata_path(final), header_bytes, fsync=fsync)
     except BaseException:

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pygds
 
 from .entries import Entries
-from .format import HEADER_SIZE, CorruptEntryError, EntryHeader, checksum_of, unpack_header
+from .format import HEADER_SIZE, CorruptEntryError, EntryHeader, checksum_of, header_digest, unpack_header
 from .index import Entry
 from .layout import InvalidKeyError, Layout, is_bounded_stem, key_from_stem, metadata_path
 from .publish import OpenFile, publish_bytes
@@ -70,10 +70,13 @@ def check_key(stem: str, header: EntryHeader, key_text: str | None, layout: Layo
         raise CorruptEntryError(f"entry holds key {stored!r}, whose name is not this file's"[:300])
 
 
-def read_header(fd: int, stem: str, key_text: str | None, layout: Layout) -> tuple[EntryHeader, bytes]:
-    """The header of the open data file `fd`, checked against its length and key, and its raw
-    bytes. Raises `CorruptEntryError` or `OSError`."""
-    size = os.fstat(fd).st_size
+def read_header(
+    fd: int, stem: str, key_text: str | None, layout: Layout, size: int | None = None
+) -> tuple[EntryHeader, bytes]:
+    """The header of the open data file `fd`, checked against its length (`size`, else its
+    `fstat`) and key, and its raw bytes. Raises `CorruptEntryError` or `OSError`."""
+    if size is None:
+        size = os.fstat(fd).st_size
     raw = os.pread(fd, HEADER_SIZE, 0)
     header = unpack_header(raw, file_size=size)
     check_key(stem, header, key_text, layout)
@@ -140,13 +143,15 @@ class Reader:
     """The store's reads: headers loaded lazily and cached on the `Entry`, data read into any
     memory. A bad file is dropped (`Entries.drop`); a vanished one forgotten."""
 
-    def __init__(self, entries: Entries, open_file: OpenFile, checksum_mode: str) -> None:
+    def __init__(self, entries: Entries, open_file: OpenFile, checksum_mode: str, rebuild_metadata: bool) -> None:
         self._entries = entries
         self._open = open_file
         self._mode = checksum_mode
+        self._rebuild = rebuild_metadata
 
     def load_header(self, entry: Entry) -> EntryHeader | None:
-        """Read, validate and cache the header; rebuild a missing `.metadata` from it."""
+        """Read, validate and cache the header; rebuild a missing `.metadata` from it (in a store
+        that writes them)."""
         entries = self._entries
         try:
             fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -159,7 +164,7 @@ class Reader:
         st = None
         try:
             st = os.fstat(fd)
-            header, raw = read_header(fd, entry.stem, entry.key_text, entries.layout)
+            header, raw = read_header(fd, entry.stem, entry.key_text, entries.layout, st.st_size)
         except CorruptEntryError as exc:
             entries.drop(entry, exc, st, "corrupt")
             return None
@@ -168,8 +173,8 @@ class Reader:
             return None
         finally:
             os.close(fd)
-        entry.header = header
-        if not entry.has_metadata:
+        entry.header, entry.digest = header, header_digest(raw)
+        if not entry.has_metadata and self._rebuild:
             self._rebuild_metadata(entry, raw)
         entries.index.set_size(entry, st.st_size + (HEADER_SIZE if entry.has_metadata else 0), entry.has_metadata)
         return header
@@ -195,7 +200,7 @@ class Reader:
         if entry is None or entry.path != info.path:
             entry = Entry(stem=stem, base=info.base, path=info.path, size=None, has_metadata=True)
         try:
-            f = self._open(info.path, "r")
+            f = self._open(info.path, "r", info.header.nbytes)
         except FileNotFoundError:
             entries.forget(entry)
             raise EntryGoneError(f"{info.key_text} was removed from {info.path}") from None
@@ -206,19 +211,20 @@ class Reader:
         with f:
             try:
                 st = os.fstat(f.fd)
-                header, _ = read_header(f.fd, stem, info.key_text, entries.layout)
+                header, digest = self._checked_header(f.fd, entry, st.st_size, info.key_text)
             except CorruptEntryError as exc:
                 entries.drop(entry, exc, st, "corrupt")
                 raise CorruptEntryError(exc.reason, info.path) from None
             except OSError as exc:
                 entries.drop(entry, exc, st, "read_errors")
                 raise CorruptEntryError(f"cannot read header: {exc}", info.path) from None
-            if header != info.header:  # removed and put again: the old header would misread it
-                entries.forget(entry)
+            if header is not info.header and header != info.header:  # removed and put again:
+                entries.forget(entry)  # the old header would misread it
                 raise EntryGoneError(
                     f"{info.key_text} in {info.path} was replaced since lookup (header changed: "
                     f"{header} != {info.header})"
                 )
+            entry.header, entry.digest = header, digest
             if view.nbytes < header.nbytes:
                 raise ValueError(
                     f"destination holds {view.nbytes} bytes but {info.path} has {header.nbytes}; "
@@ -243,6 +249,19 @@ class Reader:
                 raise exc from None
         entries.index.get(stem, touch=True)
         return header
+
+    def _checked_header(self, fd: int, entry: Entry, size: int, key_text: str) -> tuple[EntryHeader, int]:
+        """The open file's header, checked, and its digest. Bytes equal to those the entry's header
+        was checked from (same digest), in a file of that header's length, are that header
+        without parsing them again; others are parsed and checked against the length and key."""
+        raw = os.pread(fd, HEADER_SIZE, 0)
+        digest = header_digest(raw)
+        known = entry.header
+        if known is not None and digest == entry.digest and size == HEADER_SIZE + known.nbytes:
+            return known, digest
+        header = unpack_header(raw, file_size=size)
+        check_key(entry.stem, header, key_text, self._entries.layout)
+        return header, digest
 
     def _rebuild_metadata(self, entry: Entry, raw: bytes) -> None:
         """Write the missing `.metadata` companion from the data file's own header bytes."""

@@ -1,14 +1,15 @@
 """`KVStore`: the multi-path KV store beneath the LMCache adapters (no LMCache import).
 
 An entry is one data file (4 KiB header + raw bytes, `format.py`) plus a `.metadata` companion
-holding a copy of the header, named as LMCache's GdsBackend names them (`layout.py`). Every
+holding a copy of the header, named as LMCache's GdsBackend names them (`layout.py`); a store
+with `StoreOptions.metadata_file` off writes the data file alone (its header is the record). Every
 entry written here names its full key in its header and, per `StoreOptions.checksum`, carries a
 checksum of its data. Paths are shared with other writers (other stores, `pygds cache evict`, a
 user's `mv`), so nothing on disk is taken on trust:
 
 - Puts publish data, then `.metadata`, each through a temporary name (`publish.py`); `put`
-  returns (and `submit_put` calls `on_done`) only when both are in place, and a failure leaves
-  nothing visible. A put never trusts the index: an indexed entry whose file another process
+  returns (and `submit_put` calls `on_done`) only when the entry's files are in place, and a
+  failure leaves nothing visible. A put never trusts the index: an indexed entry whose file another process
   removed is written again.
 - Reads never trust the index (`reader.py`): a file holding another key, a short, corrupt or
   damaged file is dropped with one warning and reported as `CorruptEntryError`; an entry
@@ -53,6 +54,7 @@ from .format import (
     CorruptEntryError,
     EntryHeader,
     checksum_of,
+    header_digest,
     pack_header,
     unpack_header,
 )
@@ -103,7 +105,7 @@ class KVStore:
         self._claims = Claims()
         self._counters = Counters()
         self._entries = Entries(self._index, self.layout, self._claims, self._counters)
-        self._reader = Reader(self._entries, self._open, options.checksum)
+        self._reader = Reader(self._entries, self._open, options.checksum, options.metadata_file)
         bound = capacity_of(options.capacity_bytes, options.capacity_fraction, self.layout.write_path)
         self._capacity = Capacity(
             bound, self.layout.write_path, self._index, self._claims, self._counters, self._entries.keep
@@ -155,9 +157,11 @@ class KVStore:
         """The effective bound on the write path, or None."""
         return self._capacity.bound
 
-    def _open(self, path: str, mode: str) -> pygds.File:
-        """A `pygds.File` for entry data (the one place the store opens data files)."""
-        return pygds.File(path, mode, engine=self.options.engine, direct=self.options.direct_io)
+    def _open(self, path: str, mode: str, nbytes: int) -> pygds.File:
+        """A `pygds.File` for an entry of `nbytes` data bytes (the one place the store opens data
+        files): O_DIRECT per `direct_io` and `direct_io_min_bytes`."""
+        direct = self.options.direct_io and nbytes >= self.options.direct_io_min_bytes
+        return pygds.File(path, mode, engine=self.options.engine, direct=direct)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -175,7 +179,7 @@ class KVStore:
         The header written names `key_text` and, per `StoreOptions.checksum`, the data's checksum
         (whatever `header.extra` said about either is replaced).
 
-        Returns True once data file and `.metadata` are both in place; False when the key is
+        Returns True once the entry's files are in place; False when the key is
         already stored (its data file is on disk, in any path: an indexed entry whose file is
         gone is written again) or was being written by a concurrent put (this call waits for
         it), when it is refused (larger than the capacity, unstorable key; one warning per
@@ -228,14 +232,17 @@ class KVStore:
         self, stem: str, key_text: str, final: str, header: EntryHeader, header_bytes: bytes, view: Any
     ) -> bool:
         """Reserve room, publish the files, index the entry (the stem claimed for "put")."""
-        need = header.nbytes + 2 * HEADER_SIZE
+        metadata = self.options.metadata_file
+        need = header.nbytes + (2 if metadata else 1) * HEADER_SIZE
         if not self._capacity.reserve(need, key_text):
             return False
         entry = None
         try:
-            publish_entry(final, header_bytes, view, header.nbytes, self._open, fsync=self.options.fsync)
+            publish_entry(final, header_bytes, view, header.nbytes, self._open, fsync=self.options.fsync,
+                          metadata=metadata)
             entry = Entry(stem=stem, base=self.layout.write_path, path=final, size=need,
-                          has_metadata=True, header=header, key_text=key_text)
+                          has_metadata=metadata, header=header, key_text=key_text,
+                          digest=header_digest(header_bytes))
         except IO_ERRORS as exc:
             self._counters.bump(put_errors=1)
             logger.error("storing %s in %s failed: %s", key_text, final, exc)
@@ -254,8 +261,8 @@ class KVStore:
         header: EntryHeader,
         on_done: Callable[[bool], None] | None = None,
     ) -> Future[bool]:
-        """`put` on the I/O pool; the future's result and `on_done(result)` come after both
-        files are in place (or the put failed). The caller keeps `data` unchanged until then."""
+        """`put` on the I/O pool; the future's result and `on_done(result)` come after the
+        entry's files are in place (or the put failed). The caller keeps `data` unchanged until then."""
         self._check_open()
         try:
             stem = self.layout.stem(key_text)
@@ -561,7 +568,7 @@ class KVStore:
         return self._scanner.wait(timeout)
 
     def close(self) -> None:
-        """Drain submitted puts (data and metadata on disk), stop the pool and the scan.
+        """Drain submitted puts (their files on disk), stop the pool and the scan.
 
         Idempotent; later puts raise RuntimeError.
         """

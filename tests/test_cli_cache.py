@@ -531,3 +531,22 @@ def test_the_config_checker_pygds_info_loads(tmp_path):
     assert paths == [] and len(problems) == 1 and "checksum='sometimes'" in problems[0] and " Fix: " in problems[0]
     paths, problems = check(str(good), {"LMCACHE_EXTRA_CONFIG": '{"x": 1}'})
     assert problems and "LMCACHE_EXTRA_CONFIG" in problems[0]
+
+
+def test_multiprocess_mode_entries_are_complete_without_a_metadata_file(capsys, tmp_path):
+    """The L2 adapter publishes an entry as its data file alone: verify finds nothing to repair,
+    gc rebuilds nothing, and evict does not take a fresh one for a half-published entry."""
+    from lmcache_plugin.l2_names import MpKey, fanout_hash, mp_key_text
+
+    base = tmp_path / "l2"
+    keys = [MpKey(chunk_hash=bytes([n]) * 16, model_name="org/m", kv_rank=1) for n in range(3)]
+    with KVStore(StoreOptions(paths=str(base), engine="posix", metadata_file=False)) as store:
+        for n, k in enumerate(keys):
+            assert store.put(mp_key_text(k), fanout_hash(k), bytes([n]) * 4096, EntryHeader.single((4096,), "U8", 0))
+    assert not list(base.rglob("*.metadata"))
+    v = run_json(capsys, "verify", str(base), "--min-age", "0")
+    assert v["entries"] == 3 and v["problems"] == [], v
+    run(capsys, "gc", str(base), "--min-age", "0")
+    assert not list(base.rglob("*.metadata"))
+    e = run_json(capsys, "evict", str(base), "--max-bytes", "0")
+    assert sorted(x["key"] for x in e["evicted"]) == sorted(mp_key_text(k) for k in keys)

@@ -41,7 +41,7 @@ from lmcache_plugin.l2_names import MpKey, mp_key_text, parse_mp_key_text
 from lmcache_plugin.store import KVStore, StoreOptions
 
 SIZE = 64 << 10
-ENTRY = SIZE + 2 * 4096  # disk bytes of one entry: data, its header, the .metadata copy
+ENTRY = SIZE + 4096  # disk bytes of one entry: its data file (header + data), no .metadata
 RANK = ObjectKey.ComputeKVRank(1, 0, 1, 0)
 TIMEOUT_S = 60.0
 
@@ -130,6 +130,10 @@ def data_files(root: Path) -> list[Path]:
     return sorted(root.rglob("*.kvcache.safetensors"))
 
 
+def all_files(roots: list[Path]) -> list[Path]:
+    return sorted(f for root in roots for f in root.rglob("*") if f.is_file())
+
+
 def file_of(root: Path, key: ObjectKey) -> Path:
     (found,) = [p for p in data_files(root) if key.chunk_hash.hex() in p.name]
     return found
@@ -197,6 +201,7 @@ def test_bad_key_fields_are_refused() -> None:
     ({"engine": "gpu"}, "engine", "gpu", "auto, posix, cufile"),
     ({"direct_io": "yes"}, "direct_io", "yes", "true or false"),
     ({"io_threads": 0}, "io_threads", 0, "use e.g. 8"),
+    ({"direct_io_min_kb": -1}, "direct_io_min_kb", -1, "0 to send every entry through O_DIRECT"),
     ({"checksum": "md5"}, "checksum", "md5", "auto, always, off"),
 ])
 def test_bad_params_name_key_value_and_fix(tmp_path: Path, params, key, value, fix) -> None:
@@ -240,6 +245,7 @@ def test_every_method_through_lmcache_factory(tmp_path: Path, arena) -> None:
         ks, src = keys(24), objects(buf, 24, 0)
         assert drv.store(ks, src) == 24 * SIZE
         assert all(data_files(p) for p in paths)  # spread over every path
+        assert all_files(paths) == sorted(f for p in paths for f in data_files(p))  # one file per entry
         missing = keys(1)
         assert drv.lookup(ks + missing) == [True] * 24 + [False]
         assert adapter.report_status()["locked_keys"] == 24
@@ -410,6 +416,7 @@ def test_restart_finds_and_counts_every_entry(tmp_path: Path, arena) -> None:
         dst = objects(buf, 6, 1, random=False)
         assert Driver(adapter).load(ks, dst) == [True] * 6
         assert all(torch.equal(s.raw_data, d.raw_data) for s, d in zip(src, dst))
+        assert len([f for f in all_files(paths) if f.name.endswith(".metadata")]) == 1  # the in-process one
     finally:
         adapter.close()
 

@@ -55,6 +55,7 @@ def test_served_from_l2_after_l1_clear_and_after_restart(tmp_path: Path) -> None
         files = data_files(paths)
         assert len(files) == 2 and all(f.stat().st_size == 4096 + CHUNK_FILE for f in files)
         assert all("%40mp%40" in f.name for f in files)  # MP key texts, never in-process ones
+        assert not [p for d in paths for p in Path(d).rglob("*.metadata")]
         assert server.post("/cache/clear", {"tier": "l1", "force": True})["status"] == "ok"
         before = server.metrics()
         second = bench_server(server, 0, 1)
@@ -63,7 +64,7 @@ def test_served_from_l2_after_l1_clear_and_after_restart(tmp_path: Path) -> None
         assert after[L2_HITS] > before.get(L2_HITS, 0.0)
         assert warm_checksums(second) == stored
         usage = after[USAGE]
-        assert usage == 2 * (CHUNK_FILE + 2 * 4096)
+        assert usage == 2 * (CHUNK_FILE + 4096)  # two data files, no .metadata
         status = server.adapter_status()
         assert status["type"] == "GdsL2Adapter" and status["is_healthy"]
         assert sum(p["entries"] for p in status["paths"]) == 2

@@ -3,8 +3,10 @@ faults, concurrency (threads and processes) and a scan that does not block servi
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import mmap
 import os
 import shutil
 import subprocess
@@ -129,6 +131,55 @@ def test_direct_io_round_trip(tmp_path, stores):
         assert Path(path).read_bytes() == pack_header(as_stored(u8(n), key(i)[0], data)) + data
 
 
+def cached_pages(path: str) -> int:
+    """How many of the file's pages are in the page cache (`mincore` on a mapping of it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size = os.path.getsize(path)
+    vec = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
+    with open(path, "r+b") as f:
+        mm = mmap.mmap(f.fileno(), size)
+        try:
+            start = (ctypes.c_ubyte * 1).from_buffer(mm)
+            rc = libc.mincore(ctypes.addressof(start), size, vec)
+            del start
+        finally:
+            mm.close()
+    assert rc == 0, os.strerror(ctypes.get_errno())
+    return sum(v & 1 for v in vec)
+
+
+def drop_cached(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_direct_io_min_bytes_sends_small_entries_through_the_page_cache(tmp_path, stores):
+    probe = tmp_path / "probe"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_DIRECT, 0o644))
+    except OSError as exc:
+        pytest.skip(f"the temporary directory's file system refuses O_DIRECT: {exc}")
+    store = stores([str(tmp_path / "c")], direct_io=True, direct_io_min_bytes=64 << 10)
+    sizes = {"small": 16 << 10, "large": 1 << 20}
+    for i, n in enumerate(sizes.values()):
+        assert store.put(*key(i), rand_bytes(n, i), u8(n))
+    paths = {name: store.layout.data_path(str(tmp_path / "c"), *key(i)) for i, name in enumerate(sizes)}
+    pages = {name: (HEADER_SIZE + n) // mmap.PAGESIZE for name, n in sizes.items()}
+    assert cached_pages(paths["small"]) == pages["small"]  # written through the page cache
+    assert cached_pages(paths["large"]) <= HEADER_SIZE // mmap.PAGESIZE  # only the buffered header
+    for i, name in enumerate(sizes):
+        drop_cached(paths[name])
+        out = bytearray(sizes[name])
+        assert store.get_into(*key(i), out) and bytes(out) == rand_bytes(sizes[name], i)
+    assert cached_pages(paths["small"]) == pages["small"]  # read through the page cache
+    assert cached_pages(paths["large"]) < pages["large"] // 4  # the header's read-ahead at most
+
+
 def test_multi_group_entry_round_trip(tmp_path, stores):
     store = stores([str(tmp_path)])
     a, b = rand_tensor((4, 8), torch.bfloat16, 1), rand_tensor((3,), torch.int64, 2)
@@ -222,6 +273,55 @@ def test_missing_metadata_is_rebuilt_from_the_data_header(tmp_path, stores):
     assert again.wait_for_scan(30) and again.keys() == [k]
     assert again.lookup(k, h) is not None
     assert Path(metadata_path(path)).read_bytes() == header
+
+
+def test_without_metadata_files_an_entry_is_its_data_file_alone(tmp_path, stores):
+    """`metadata_file=False`: one file per entry, counted at its size, found by a restart's scan
+    (capacity-bounded or not), read, evicted and removed, and no `.metadata` is ever rebuilt."""
+    data = {i: rand_bytes(ENTRY, i) for i in range(5)}
+    store = stores([str(tmp_path)], metadata_file=False, capacity_bytes=3 * (ENTRY + HEADER_SIZE))
+    for i in range(3):
+        assert store.put(*key(i), data[i], u8(ENTRY))
+    paths = [store.layout.data_path(str(tmp_path), *key(i)) for i in range(5)]
+    assert Path(paths[0]).read_bytes() == pack_header(as_stored(u8(ENTRY), key(0)[0], data[0])) + data[0]
+    assert files_under(tmp_path) == sorted(str(Path(p).relative_to(tmp_path)) for p in paths[:3])
+    stats = store.stats()
+    assert stats.used_bytes == 3 * (ENTRY + HEADER_SIZE) and stats.evictions == 0
+    store.close()
+    for bound in (None, 3 * (ENTRY + HEADER_SIZE)):
+        again = stores([str(tmp_path)], metadata_file=False, capacity_bytes=bound)
+        assert again.wait_for_scan(30) and sorted(again.keys()) == sorted(key(i)[0] for i in range(3))
+        for i in range(3):
+            out = bytearray(ENTRY)
+            assert again.get_into(*key(i), out) and bytes(out) == data[i]
+        assert again.stats().used_bytes == 3 * (ENTRY + HEADER_SIZE)
+        assert not any(os.path.exists(metadata_path(p)) for p in paths)
+        again.close()
+    again = stores([str(tmp_path)], metadata_file=False, capacity_bytes=3 * (ENTRY + HEADER_SIZE))
+    assert again.wait_for_scan(30)
+    assert again.lookup(*key(1))  # 1 and 2 are now more recently used than 0
+    assert again.lookup(*key(2))
+    assert again.put(*key(3), data[3], u8(ENTRY))  # evicts 0: the bound holds 3 single files
+    assert not os.path.exists(paths[0]) and again.stats().evicted_bytes == ENTRY + HEADER_SIZE
+    assert again.remove(*key(1)) and not os.path.exists(paths[1])
+    assert sorted(again.keys()) == sorted(key(i)[0] for i in (2, 3))
+    assert files_under(tmp_path) == sorted(str(Path(p).relative_to(tmp_path)) for p in (paths[2], paths[3]))
+
+
+def test_a_store_without_metadata_files_reads_entries_that_have_them(tmp_path, stores):
+    """An entry written with its `.metadata` counts both files and keeps them; a removal takes both."""
+    writer = stores([str(tmp_path)])
+    k, h = key(1)
+    data = rand_bytes(ENTRY, 1)
+    assert writer.put(k, h, data, u8(ENTRY))
+    writer.close()
+    store = stores([str(tmp_path)], metadata_file=False, capacity_bytes=10 * ON_DISK)
+    assert store.wait_for_scan(30) and store.stats().used_bytes == ON_DISK
+    out = bytearray(ENTRY)
+    assert store.get_into(k, h, out) and bytes(out) == data
+    path = store.layout.data_path(str(tmp_path), k, h)
+    assert os.path.exists(metadata_path(path))
+    assert store.remove(k, h) and files_under(tmp_path) == []
 
 
 def test_long_key_uses_a_bounded_name_and_survives_restart(tmp_path, stores):

@@ -197,6 +197,36 @@ def test_swapped_data_files_are_refused_not_served(tmp_path, stores, caplog):
     assert not os.path.exists(metadata_path(pa))
 
 
+@pytest.mark.parametrize("change", ["truncate", "extend", "header"])
+def test_a_file_changed_after_its_header_was_checked_is_checked_again(tmp_path, stores, caplog, change):
+    """Reads skip parsing header bytes already checked (same digest), never the length check: a
+    file cut or grown behind the same header, or given another header, is refused."""
+    store = stores([str(tmp_path)])
+    (k, h), (other, oh) = key(0), key(1)
+    data = rand_bytes(8192, 30)
+    assert store.put(k, h, data, u8(8192)) and store.put(other, oh, data, u8(8192))
+    out = bytearray(8192)
+    assert store.get_into(k, h, out) and bytes(out) == data  # header checked and remembered
+    info = store.lookup(k, h)
+    path = store.layout.data_path(str(tmp_path), k, h)
+    if change == "truncate":
+        os.truncate(path, HEADER_SIZE + 8191)
+    elif change == "extend":
+        with open(path, "ab") as f:
+            f.write(b"\0")
+    else:  # the other key's header over this file's (same data, same length)
+        with open(store.layout.data_path(str(tmp_path), other, oh), "rb") as f:
+            foreign = f.read(HEADER_SIZE)
+        with open(path, "r+b") as f:
+            f.write(foreign)
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(CorruptEntryError):
+        store.read_into(info, bytearray(8192))
+    assert not store.get_into(k, h, bytearray(8192)) and store.stats().corrupt == 1
+    (line,) = warnings_of(caplog)
+    assert ("entry holds key" if change == "header" else "file is") in line
+
+
 def test_keys_differing_only_in_case_are_told_apart(tmp_path, stores, caplog):
     """On a case-insensitive file system the second key's name opens the first key's file."""
     store = stores([str(tmp_path)])

@@ -35,6 +35,7 @@ from ..config import ConfigError
 from ..counters import read_published
 from ..format import HEADER_SIZE, CorruptEntryError, EntryHeader, unpack_header
 from ..index import Entry
+from ..l2_names import parse_mp_key_text
 from ..layout import BOUNDED_MARK, DATA_SUFFIX, WEKA_DATA_SUFFIX, Layout, key_from_stem, metadata_path, parse_paths
 from ..publish import delete_entry_files, publish_bytes
 from ..reader import read_header, verify_file
@@ -138,6 +139,13 @@ class Found:
     @property
     def model(self) -> str | None:
         return model_of(self.key, self.entry.stem)
+
+    @property
+    def needs_metadata(self) -> bool:
+        """Whether the entry is complete only with its `.metadata`: entries of LMCache's
+        multiprocess-mode L2 adapter are published as the data file alone (no GdsBackend reads
+        them), in-process ones with the companion LMCache's start-up scan reads."""
+        return self.key is None or parse_mp_key_text(self.key) is None
 
     @property
     def metadata_path(self) -> str:
@@ -281,6 +289,9 @@ def check_entry(entry: Found, *, min_age: float, now: float, whole: bool = True)
     entry.entry.header = header
     if entry.key is None:  # a long key under a bounded name: only the header records it
         entry.entry.key_text = header.key
+    if entry.metadata_size is None and not entry.needs_metadata:
+        entry.status = "ok"
+        return
     if entry.metadata_size is None:
         if now - entry.mtime <= min_age:
             entry.status = "publishing"  # its writer renames the .metadata in after the data
@@ -583,7 +594,7 @@ def run_evict(args: argparse.Namespace) -> int:
     candidates: dict[str, list[Found]] = defaultdict(list)
     for e in result.entries:
         remaining[e.base] += e.disk_bytes
-        if e.metadata_size is None and now - e.mtime <= args.min_age:
+        if e.metadata_size is None and e.needs_metadata and now - e.mtime <= args.min_age:
             continue  # still being published by its writer
         candidates[e.base].append(e)
     evicted = []
