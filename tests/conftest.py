@@ -1,4 +1,4 @@
-"""Shared fixtures: the CUDA driver stand-in, and skipping `gpu` tests where no GPU is."""
+"""Shared fixtures: the CUDA driver stand-in, KV stores closed at the end of a test, and skipping `gpu` tests where no GPU is."""
 
 from __future__ import annotations
 
@@ -57,3 +57,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if reason is not None:
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture
+def stores():
+    """`make(paths, **options)`: KV stores on the POSIX engine unless told otherwise, all closed when
+    the test ends."""
+    from lmcache_plugin.store import KVStore, StoreOptions
+
+    made = []
+
+    def make(paths, **kw):
+        kw.setdefault("engine", "posix")
+        store = KVStore(StoreOptions(paths=paths, **kw))
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()

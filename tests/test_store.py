@@ -61,21 +61,6 @@ def as_stored(header: EntryHeader, key_text: str, data: bytes) -> EntryHeader:
     return EntryHeader(header.shapes, header.dtypes, header.nbytes, header.fmt, extra, header.multi_group)
 
 
-@pytest.fixture
-def stores():
-    made: list[KVStore] = []
-
-    def make(paths, **kw) -> KVStore:
-        kw.setdefault("engine", "posix")
-        store = KVStore(StoreOptions(paths=paths, **kw))
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
-
-
 def files_under(root) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
 

@@ -54,21 +54,6 @@ def u8(n: int) -> EntryHeader:
     return EntryHeader.single((n,), "U8", 1)
 
 
-@pytest.fixture
-def stores():
-    made: list[KVStore] = []
-
-    def make(paths, **kw) -> KVStore:
-        kw.setdefault("engine", "posix")
-        store = KVStore(StoreOptions(paths=paths, **kw))
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
-
-
 def warnings_of(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
