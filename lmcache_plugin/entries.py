@@ -87,8 +87,9 @@ class Entries:
         entry = self.index.get(stem)
         if entry is not None:
             try:
-                stat_by_open(entry.path)
-                return True
+                if stat.S_ISREG(stat_by_open(entry.path).st_mode):
+                    return True
+                self.forget(entry)  # a FIFO, socket or directory at the name is no entry
             except (FileNotFoundError, NotADirectoryError):
                 self.forget(entry)
             except OSError:

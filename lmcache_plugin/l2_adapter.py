@@ -39,6 +39,7 @@ the server at start, naming the key, the value and the fix) and calls
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -71,6 +72,8 @@ DIRECT_IO_MIN_KB = 1024
 """Default `direct_io_min_kb`: measured, 256 KiB entries stored and loaded faster buffered and
 4 MiB entries faster with O_DIRECT (BENCHMARKS.md, MP mode); 1 MiB lies between."""
 ENTRY_OVERHEAD = HEADER_SIZE
+MIN_CAPACITY_PER_PATH = 2 * HEADER_SIZE
+"""The smallest `max_capacity_gb` share of one path that start-up accepts: a header and a page."""
 """Disk bytes of an entry beyond its data: the data file's header."""
 
 
@@ -155,8 +158,13 @@ class GdsL2AdapterConfig(L2AdapterConfigBase):
         if len(set(real)) != len(real):
             raise L2ParamError("paths", raw, "a directory is listed twice", "list each directory once")
         cap = d.get("max_capacity_gb")
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0):
-            raise L2ParamError("max_capacity_gb", cap, "not a positive number",
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float))
+                                or not math.isfinite(cap) or not cap > 0):
+            raise L2ParamError("max_capacity_gb", cap, "not a positive finite number",
+                               "give the bound in GiB, e.g. 500, or leave it out for no bound")
+        if cap is not None and cap * GIB / len(paths) < MIN_CAPACITY_PER_PATH:
+            raise L2ParamError("max_capacity_gb", cap, f"leaves less than {MIN_CAPACITY_PER_PATH} bytes per path "
+                               f"({len(paths)} paths), too little to hold an entry",
                                "give the bound in GiB, e.g. 500, or leave it out for no bound")
         min_kb = d.get("direct_io_min_kb", DIRECT_IO_MIN_KB)
         if isinstance(min_kb, bool) or not isinstance(min_kb, int) or min_kb < 0:
@@ -368,9 +376,18 @@ class GdsL2Adapter(L2AdapterInterface):
             store = self._stores[order[0]]
             nbytes = obj.get_size()
             data = pygds.Pointer(obj.data_ptr, nbytes, kind="host")
-            if store.put(text, fan, data, _header_for(obj, nbytes)):
-                written = nbytes
-            if written or store.contains(text, fan):  # else refused or failed: the store logged why
+            header = _header_for(obj, nbytes)
+            stored = store.put(text, fan, data, header)
+            present = stored
+            if not stored:  # already there, refused or failed (the store logged why)
+                info = store.lookup(text, fan)
+                present = info is not None and info.header.nbytes == nbytes
+                if info is not None and not present:
+                    # another size under this key: loads of this object would miss it forever, so
+                    # it is replaced (unless a lookup holds it locked: then this store fails)
+                    stored = present = store.remove(text, fan, force=False) and store.put(text, fan, data, header)
+            written = nbytes if stored else 0
+            if present:
                 held = (key, text, nbytes + ENTRY_OVERHEAD, order[0])
         except Exception:
             logger.exception("GdsL2Adapter could not store %s", key)

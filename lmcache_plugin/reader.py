@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -154,7 +155,8 @@ class Reader:
         that writes them)."""
         entries = self._entries
         try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO put at the name must not block the lookup (it is refused below)
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             entries.forget(entry)
             return None
@@ -164,6 +166,8 @@ class Reader:
         st = None
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptEntryError("not a regular file")
             header, raw = read_header(fd, entry.stem, entry.key_text, entries.layout, st.st_size)
         except CorruptEntryError as exc:
             entries.drop(entry, exc, st, "corrupt")

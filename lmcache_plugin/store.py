@@ -100,6 +100,7 @@ class KVStore:
                     f"cannot create cache directory {path}: {exc.strerror}; create it or fix its "
                     "permissions, or remove it from the path list",
                 ) from None
+        self._closing = False  # set first by close(): submits are refused, accepted work still runs
         self._closed = False
         self._index = Index()
         self._claims = Claims()
@@ -166,6 +167,12 @@ class KVStore:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the KV store is closed; create a new KVStore")
+
+    def _check_accepting(self) -> None:
+        """Submits are refused from the moment `close()` starts, so that everything it accepted
+        before is what it drains."""
+        if self._closing:
+            raise RuntimeError("the KV store is closing; submit nothing after close()")
 
     def _refuse(self, why: str) -> bool:
         self._counters.refused(why)
@@ -262,8 +269,9 @@ class KVStore:
         on_done: Callable[[bool], None] | None = None,
     ) -> Future[bool]:
         """`put` on the I/O pool; the future's result and `on_done(result)` come after the
-        entry's files are in place (or the put failed). The caller keeps `data` unchanged until then."""
-        self._check_open()
+        entry's files are in place (or the put failed). The caller keeps `data` unchanged until then.
+        RuntimeError once `close()` has started."""
+        self._check_accepting()
         try:
             stem = self.layout.stem(key_text)
         except InvalidKeyError as exc:
@@ -277,7 +285,11 @@ class KVStore:
             fut = Future()
             fut.set_result(self._run_put(stem, key_text, chunk_hash, data, header, on_done))
             return fut
-        fut = self._pool.submit(self._run_put, stem, key_text, chunk_hash, data, header, on_done)
+        try:
+            fut = self._pool.submit(self._run_put, stem, key_text, chunk_hash, data, header, on_done)
+        except RuntimeError:  # close() shut the pool down after this call's check
+            self._claims.done_pending(stem)
+            raise RuntimeError("the KV store is closing; submit nothing after close()") from None
         self._claims.track(fut)
         return fut
 
@@ -406,8 +418,9 @@ class KVStore:
         return False
 
     def submit_get_into(self, key_text: str, chunk_hash: int | str, dest: Any) -> Future[bool]:
-        """`get_into` on the I/O pool (in the caller when the pool is disabled)."""
-        self._check_open()
+        """`get_into` on the I/O pool (in the caller when the pool is disabled); RuntimeError once
+        `close()` has started."""
+        self._check_accepting()
         if self._pool is None:
             fut: Future[bool] = Future()
             try:
@@ -568,16 +581,18 @@ class KVStore:
         return self._scanner.wait(timeout)
 
     def close(self) -> None:
-        """Drain submitted puts (their files on disk), stop the pool and the scan.
+        """Refuse new submits, then finish every put and read already submitted (their files on
+        disk), stop the pool and the scan.
 
-        Idempotent; later puts raise RuntimeError.
+        Idempotent; later calls raise RuntimeError.
         """
         if self._closed:
             return
-        self.flush()
-        self._closed = True
+        self._closing = True
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True)  # runs every accepted task, then stops
+        self.flush()  # submitted without a pool: done already; with one: nothing left
+        self._closed = True
         self._scanner.stop()
         if self._publisher is not None:
             self._publisher.stop()

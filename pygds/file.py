@@ -54,7 +54,9 @@ def _open_fd(path: str, flags: int, perm: int, mode: str) -> int:
     """Open `path`; every failure names the path, the mode, the cause and the fix. A directory is
     refused here (reading it would only fail later, with EISDIR from the first read)."""
     try:
-        fd = os.open(path, flags | os.O_CLOEXEC, perm)
+        # O_NONBLOCK only so that a FIFO at the path cannot block the open (it is refused below);
+        # it changes nothing for regular files and block devices, and is cleared again
+        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK, perm)
     except FileNotFoundError as exc:
         parent = os.path.dirname(os.path.abspath(path))
         cause = (f"directory {parent} does not exist; create it first" if not os.path.isdir(parent)
@@ -70,9 +72,15 @@ def _open_fd(path: str, flags: int, perm: int, mode: str) -> int:
             raise OSError(exc.errno, f"cannot open {path} with O_DIRECT: the file system does not support it "
                                      "(tmpfs before Linux 6.6, some FUSE file systems); open without direct=True", path) from None
         raise OSError(exc.errno, f"cannot open {path} (mode {mode!r}): {exc.strerror}", path) from None
-    if stat.S_ISDIR(os.fstat(fd).st_mode):
+    kind = os.fstat(fd).st_mode
+    if stat.S_ISDIR(kind):
         os.close(fd)
         raise _is_a_directory(path, mode)
+    if stat.S_ISFIFO(kind) or stat.S_ISSOCK(kind):
+        os.close(fd)
+        raise InvalidArgumentError(f"cannot open {path}: it is a {'FIFO' if stat.S_ISFIFO(kind) else 'socket'}, "
+                                   "which has no file offsets; pygds reads and writes regular files and block devices")
+    os.set_blocking(fd, True)
     return fd
 
 
@@ -114,6 +122,8 @@ class File(ClosedWhenCollected):
                                        "explicit file_offset; open with 'r+' and write at file_offset=f.size()")
         if mode not in _MODES:
             raise InvalidArgumentError(f"unknown mode {mode!r}; use one of {', '.join(_MODES)}")
+        if type(perm) is not int or not 0 <= perm <= 0o7777:
+            raise InvalidArgumentError(f"perm must be an int of permission bits such as 0o644, got {perm!r}")
         self.path = os.fspath(path)
         self.mode = mode
         self.direct = bool(direct)

@@ -116,8 +116,10 @@ class Request:
     anyone who must see the request finished (`File.close` helps so, which keeps it from waiting on
     pool threads that are busy or blocked on it).
 
-    The future gets the sum of the pieces' results, or the first error; after an error no further
-    piece starts. `future.cancel()` succeeds only before the first piece has started. `finish`
+    The future gets the bytes moved from the start up to the first piece that came back short
+    (a read reaching the end of the file: pieces after it may still have moved bytes, of a file
+    that grew meanwhile, but a count never covers a hole), or the first error; after an error no
+    further piece starts. `future.cancel()` succeeds only before the first piece has started. `finish`
     runs once when the last piece taken has ended, before the future is resolved, so no callback of
     the future runs before it.
     """
@@ -129,7 +131,7 @@ class Request:
         self.count = max(1, -(-size // self.step))
         self.next = 0
         self.left = self.count
-        self.total = 0
+        self.end = size  # where the bytes moved from the start end: lowered by a short piece
         self.error: BaseException | None = None
         self.lock = threading.Lock()
         self.future: Future = Future()
@@ -168,13 +170,15 @@ class Request:
         step, size = self.step, self.size
         while (i := self._take()) is not None:
             start = i * step
+            n = min(step, size - start)
             error = None
             try:
-                got = self.task(start, min(step, size - start))
+                got = self.task(start, n)
             except BaseException as exc:  # noqa: BLE001 - handed to the future, raised by its result()
-                got, error = 0, exc
+                got, error = n, exc
             with self.lock:
-                self.total += got
+                if got < n:
+                    self.end = min(self.end, start + got)
                 if error is not None and self.error is None:
                     self.error = error
                     self.left -= self.count - self.next  # the pieces nobody took will never run
@@ -193,4 +197,4 @@ class Request:
         if self.error is not None:
             self.future.set_exception(self.error)
         else:
-            self.future.set_result(self.total)
+            self.future.set_result(self.end)

@@ -179,7 +179,7 @@ def test_gc_repairs_the_cache_and_keeps_every_complete_entry(capsys, cache):
     rebuilt = {a["path"] for a in g["actions"] if a["action"] == "rebuild-metadata"}
     assert removed == {str(cache.files[r]) for r in ("corrupt", "truncated", "stale_tmp", "orphan")}
     assert rebuilt == {str(cache.files[r]) + ".metadata" for r in ("missing_meta", "bad_meta")}
-    assert g["left_alone"] == {"fresh_temp_files": 1, "publishing_entries": 1}
+    assert g["left_alone"] == {"fresh_temp_files": 1, "publishing_entries": 1, "unreadable_entries": 0}
     for role in ("corrupt", "truncated", "stale_tmp", "orphan"):
         assert not cache.files[role].exists()
     assert not Path(str(cache.files["corrupt"]) + ".metadata").exists()
@@ -550,3 +550,33 @@ def test_multiprocess_mode_entries_are_complete_without_a_metadata_file(capsys, 
     assert not list(base.rglob("*.metadata"))
     e = run_json(capsys, "evict", str(base), "--max-bytes", "0")
     assert sorted(x["key"] for x in e["evicted"]) == sorted(mp_key_text(k) for k in keys)
+
+
+def test_gc_never_removes_an_entry_it_could_not_read(tmp_path):
+    """An entry whose file cannot be read (permissions, a failing device) is not proven bad:
+    verify reports it as unreadable and gc leaves it where it is."""
+    import subprocess
+    import sys
+
+    from faults.build import build_fault_shim
+    from standin.build import CompilerMissing
+
+    try:
+        shim = build_fault_shim(tmp_path / "shim")
+    except CompilerMissing as exc:
+        pytest.skip(str(exc))
+    base = tmp_path / "cache"
+    ((_, path),) = store_entries(base, [(key("m", 1), 4242)]).values()
+    env = shim.env(base, errno="EACCES", ops="open", match=".kvcache.safetensors")
+
+    def pygds_cache(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pygds", "cache", *argv, str(base), "--min-age", "0", "--json"],
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    verify = pygds_cache("verify")
+    problems = json.loads(verify.stdout)["problems"]
+    assert verify.returncode == 1 and [p["kind"] for p in problems] == ["unreadable"], verify.stdout + verify.stderr
+    assert "gc never removes" in problems[0]["fix"]
+    gc = pygds_cache("gc")
+    assert gc.returncode == 0, gc.stderr
+    assert json.loads(gc.stdout)["actions"] == [] and path.exists() and Path(str(path) + ".metadata").exists()

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -296,3 +297,37 @@ def test_disk_full_write_is_reported_not_hidden(tmp_path):
                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert out.stdout.startswith("ERR 27"), out.stdout + out.stderr  # EFBIG
     assert "ulimit" in out.stdout and "full.bin" in out.stdout
+
+
+def test_a_count_never_covers_a_hole_left_by_a_short_piece():
+    """A split read whose middle piece came back short (the file shrank under it, then grew
+    again for the later pieces) reports the bytes up to the hole, not the sum of the pieces."""
+    def piece(start: int, n: int) -> int:
+        return n // 2 if start == 4096 else n  # the second of four pieces is short
+
+    request = pool.Request(piece, 4 * 4096, step=4096)
+    assert request.start(caller_helps=True).result() == 4096 + 2048
+
+
+def test_a_fifo_is_refused_at_open_without_blocking(tmp_path):
+    """Opening a FIFO for reading waits for a writer; pygds refuses it at once, naming why."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    result: list = []
+
+    def attempt() -> None:
+        try:
+            pygds.File(fifo, "r", engine="posix")
+        except pygds.InvalidArgumentError as exc:
+            result.append(str(exc))
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert result and "FIFO" in result[0] and str(fifo) in result[0], result
+
+
+@pytest.mark.parametrize("perm", ["644", 0o644 + 0.5, -1, 0o10000])
+def test_perm_must_be_permission_bits(tmp_path, perm):
+    with pytest.raises(pygds.InvalidArgumentError, match="perm must be an int of permission bits"):
+        pygds.File(tmp_path / "f", "w", perm=perm)

@@ -198,6 +198,8 @@ def test_bad_key_fields_are_refused() -> None:
     ({"paths": 7}, "paths", 7, '"paths": ['),
     ({"paths": []}, "paths", [], '"paths": ['),
     ({"max_capacity_gb": -1}, "max_capacity_gb", -1, "give the bound in GiB"),
+    ({"max_capacity_gb": float("inf")}, "max_capacity_gb", float("inf"), "give the bound in GiB"),
+    ({"max_capacity_gb": 1e-300}, "max_capacity_gb", 1e-300, "give the bound in GiB"),
     ({"engine": "gpu"}, "engine", "gpu", "auto, posix, cufile"),
     ({"direct_io": "yes"}, "direct_io", "yes", "true or false"),
     ({"io_threads": 0}, "io_threads", 0, "use e.g. 8"),
@@ -349,6 +351,26 @@ def test_corrupt_short_and_wrong_size_entries_are_misses(tmp_path: Path, arena) 
         assert drv.load(short_key, objects(buf, 1, 2, random=False)) == [False]  # never a partial fill
         assert drv.load(ks[2:], make_memory_objects(buf, 1, SIZE // 2, 9 << 20)) == [False]
         assert drv.lookup(ks) == [False, False, True]
+    finally:
+        adapter.close()
+
+
+def test_a_key_stored_again_at_another_size_is_replaced(tmp_path: Path, arena) -> None:
+    """An entry of another size under a key would make every load of the new object miss, and the
+    key would never be stored again: the store replaces it (a locked one fails the store)."""
+    buf, desc = arena
+    adapter = make([tmp_path / "a"], desc)
+    drv = Driver(adapter)
+    try:
+        (key,) = keys(1)
+        assert drv.store([key], make_memory_objects(buf, 1, SIZE // 2, 8 << 20)) == SIZE // 2
+        (new,) = objects(buf, 1, 0)
+        assert drv.store([key], [new]) == SIZE
+        (dst,) = objects(buf, 1, 1, random=False)
+        assert drv.load([key], [dst]) == [True] and torch.equal(dst.raw_data, new.raw_data)
+        assert drv.lookup([key]) == [True]  # locked now: another size cannot replace it
+        assert drv.store([key], make_memory_objects(buf, 1, SIZE // 2, 9 << 20)) == -1
+        adapter.submit_unlock([key])
     finally:
         adapter.close()
 

@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -582,3 +584,64 @@ def test_device_memory_checksums_follow_the_setting(standin, tmp_path):
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["auto"] == {"written": None, "read": True, "flipped_host_entry_into_device": True}
     assert out["always"] == {"written": out["expected"], "read": True, "flipped_host_entry_into_device": False}
+
+
+def _within(seconds: float, fn, *args):
+    """`fn(*args)` on a thread; fails the test (instead of hanging it) when it does not return."""
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(fn(*args)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert out, f"{fn.__name__} did not return within {seconds} s"
+    return out[0]
+
+
+def test_a_fifo_at_an_entry_name_is_a_miss_never_a_hang_and_the_key_is_stored_again(stores, tmp_path):
+    """The start-up scan indexes names from listings alone; a FIFO put at an entry's name must
+    neither block a lookup (an open of a FIFO waits for a writer) nor make a put skip the key."""
+    k, h = key(1)
+    data = np.arange(4096, dtype=np.uint8).tobytes()
+    with KVStore(StoreOptions(paths=str(tmp_path), engine="posix")) as first:
+        assert first.put(k, h, data, u8(len(data)))
+        path = first.lookup(k, h).path
+    os.unlink(path)
+    os.unlink(metadata_path(path))
+    os.mkfifo(path)
+    os.mkfifo(metadata_path(path))
+    store = stores(str(tmp_path))
+    assert store.wait_for_scan(30) and store.contains(k, h)  # the scan saw the name
+    assert _within(10, store.lookup, k, h) is None
+    assert _within(10, store.put, k, h, data, u8(len(data)))
+    dest = bytearray(len(data))
+    assert _within(10, store.get_into, k, h, dest) and bytes(dest) == data
+
+
+def test_close_refuses_new_submits_and_finishes_every_accepted_put(tmp_path):
+    """A producer that keeps submitting while close() runs: every put the store accepted is on
+    disk when close() returns, and the producer learns at once that no more are taken."""
+    store = KVStore(StoreOptions(paths=str(tmp_path), engine="posix", io_threads=2))
+    accepted: list = []
+    refused: list[BaseException] = []
+    data = bytes(4096)
+
+    def produce() -> None:
+        i = 0
+        while True:
+            k, h = key(i)
+            try:
+                accepted.append((k, h, store.submit_put(k, h, data, u8(len(data)))))
+            except RuntimeError as exc:
+                refused.append(exc)
+                return
+            i += 1
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    while len(accepted) < 200:
+        time.sleep(0.001)
+    store.close()
+    producer.join(30)
+    assert not producer.is_alive() and refused and "closing" in str(refused[0])
+    assert all(fut.done() and fut.result() for _, _, fut in accepted)
+    with KVStore(StoreOptions(paths=str(tmp_path), engine="posix", scan=False)) as again:
+        assert all(again.contains(k, h) for k, h, _ in accepted)

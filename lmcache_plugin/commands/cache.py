@@ -117,7 +117,7 @@ class Found:
     mtime: float
     atime: float
     metadata_size: int | None = None  # None: no .metadata
-    status: str = "unchecked"  # ok | publishing | missing-metadata | bad-metadata | corrupt | gone
+    status: str = "unchecked"  # ok | publishing | missing-metadata | bad-metadata | corrupt | unreadable | gone
     problem: str = ""
 
     @property
@@ -283,8 +283,8 @@ def check_entry(entry: Found, *, min_age: float, now: float, whole: bool = True)
     except CorruptEntryError as exc:
         entry.status, entry.problem = "corrupt", exc.reason
         return
-    except OSError as exc:
-        entry.status, entry.problem = "corrupt", f"cannot read: {exc.strerror or exc}"
+    except OSError as exc:  # not proven bad: permissions, a failing device, a network hiccup
+        entry.status, entry.problem = "unreadable", f"cannot read: {exc.strerror or exc}"
         return
     entry.entry.header = header
     if entry.key is None:  # a long key under a bounded name: only the header records it
@@ -491,12 +491,18 @@ def run_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+_UNREADABLE_FIX = ("check the file's permissions and the device (dmesg), then verify again; gc never removes "
+                   "an entry it could not read, only one proven bad by its header, length or checksum")
+
+
 def _problems(result: Scan, gc: str) -> list[dict[str, Any]]:
     def fix(kind: str) -> str:
         return f"`{gc}` {_FIXES[kind]}"
 
     out = [{"path": e.path, "kind": e.status, "problem": e.problem, "fix": fix(e.status)}
            for e in result.entries if e.status in ("corrupt", "missing-metadata", "bad-metadata")]
+    out += [{"path": e.path, "kind": e.status, "problem": e.problem, "fix": _UNREADABLE_FIX}
+            for e in result.entries if e.status == "unreadable"]
     out += [{"path": t.path, "kind": "stale-temp", "problem": f"temporary file {human_age(t.age)} old",
              "fix": fix("stale-temp")} for t in result.temps if t.stale]
     out += [{"path": o.path, "kind": "orphan-metadata", "problem": ".metadata without its data file",
@@ -571,7 +577,8 @@ def run_gc(args: argparse.Namespace) -> int:
     failed = [a for a in actions if "error" in a]
     report = {"dry_run": args.dry_run, "actions": actions, "freed_bytes": freed, "errors": result.errors,
               "left_alone": {"fresh_temp_files": sum(not t.stale for t in result.temps),
-                             "publishing_entries": sum(e.status == "publishing" for e in result.entries)}}
+                             "publishing_entries": sum(e.status == "publishing" for e in result.entries),
+                             "unreadable_entries": sum(e.status == "unreadable" for e in result.entries)}}
     if args.json:
         print_json(report)
     else:
@@ -581,7 +588,8 @@ def run_gc(args: argparse.Namespace) -> int:
             say(f"{verb} {a['action']} {a['path']}: {a['reason']}{failure}")
         say(f"{count(len(actions) - len(failed), 'action')}, {human_bytes(freed)} {'would be ' if args.dry_run else ''}freed; "
             f"left alone: {count(report['left_alone']['fresh_temp_files'], 'fresh temporary file')}, "
-            f"{count(report['left_alone']['publishing_entries'], 'entry', 'entries')} still being published")
+            f"{count(report['left_alone']['publishing_entries'], 'entry', 'entries')} still being published, "
+            f"{count(report['left_alone']['unreadable_entries'], 'entry', 'entries')} that could not be read")
     return 1 if failed else 0
 
 
