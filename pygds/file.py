@@ -32,7 +32,7 @@ from .errors import (
     PygdsError,
     errno_advice,
 )
-from .memory import BufferView, as_buffer
+from .memory import BufferView, as_buffer, held_view
 from .stream import StreamIO, stream_handle
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ _MODES = {  # as `open` documents them; "+" adds the other direction
 _APPEND_MODES = ("a", "a+")
 _MAX_OFFSET = (1 << 63) - 1
 _FAST_OFFSET_END = 1 << 62  # below it no request of one task can overflow a file offset
+_SMALL = pool.MIN_TASK_SIZE  # a request this small is one task whatever the task size
 
 
 def _open_fd(path: str, flags: int, perm: int, mode: str) -> int:
@@ -265,11 +266,12 @@ class File(ClosedWhenCollected):
             handle = self._handle
             if handle is not None and self._readable:
                 # The small-request fast path: plain ints, one task; the same checks as
-                # `check_request`, which every other call goes through.
-                view = buf if type(buf) is BufferView else as_buffer(buf)
+                # `check_request`, which every other call goes through. `buf` holds the memory
+                # of a held view until this returns.
+                view = buf if type(buf) is BufferView else held_view(buf)
                 n = view.nbytes - buf_offset if size is None and type(buf_offset) is int else size
                 if (type(n) is type(file_offset) is type(buf_offset) is int
-                        and 0 < n and (n <= pool.MIN_TASK_SIZE or n <= pool.task_size())
+                        and 0 < n and (n <= _SMALL or n <= pool.task_size())
                         and 0 <= file_offset < _FAST_OFFSET_END
                         and 0 <= buf_offset and buf_offset + n <= view.nbytes and not view.readonly):
                     try:
@@ -281,8 +283,9 @@ class File(ClosedWhenCollected):
                     if done == n or done <= 0:
                         return done
                     return _read_full(handle, view, n, file_offset, buf_offset, self.path, done)
-                buf = view
-            view, size = self.check_request(buf, size, file_offset, buf_offset=buf_offset, writing=False)
+            else:
+                view = buf
+            view, size = self.check_request(view, size, file_offset, buf_offset=buf_offset, writing=False)
             return self._transfer(self._live(), view, size, file_offset, buf_offset, writing=False)
         finally:
             active.pop()
@@ -296,14 +299,15 @@ class File(ClosedWhenCollected):
         try:
             handle = self._handle
             if handle is not None and self._writable:  # `read`'s fast path, for writing
-                view = buf if type(buf) is BufferView else as_buffer(buf)
+                view = buf if type(buf) is BufferView else held_view(buf)
                 n = view.nbytes - buf_offset if size is None and type(buf_offset) is int else size
                 if (type(n) is type(file_offset) is type(buf_offset) is int
-                        and 0 < n and (n <= pool.MIN_TASK_SIZE or n <= pool.task_size())
+                        and 0 < n and (n <= _SMALL or n <= pool.task_size())
                         and 0 <= file_offset < _FAST_OFFSET_END and 0 <= buf_offset and buf_offset + n <= view.nbytes):
                     return _write_full(handle, view, n, file_offset, buf_offset, self.path)
-                buf = view
-            view, size = self.check_request(buf, size, file_offset, buf_offset=buf_offset, writing=True)
+            else:
+                view = buf
+            view, size = self.check_request(view, size, file_offset, buf_offset=buf_offset, writing=True)
             return self._transfer(self._live(), view, size, file_offset, buf_offset, writing=True)
         finally:
             active.pop()
@@ -317,8 +321,7 @@ class File(ClosedWhenCollected):
         if pool.inline(size) or (writing and handle.whole_writes(view)):
             full = _write_full if writing else _read_full
             return full(handle, view, size, file_offset, buf_offset, self.path)
-        request = self._request(handle, view, size, file_offset, buf_offset, writing=writing)
-        return request.start(caller_helps=True).result()
+        return self._request(handle, view, size, file_offset, buf_offset, writing=writing).run()
 
     # -- futures ----------------------------------------------------------------------------
     def pread(self, buf: object, size: int | None = None, file_offset: int = 0, *, buf_offset: int = 0) -> Future:
@@ -336,7 +339,7 @@ class File(ClosedWhenCollected):
         request = self._request(self._live(), view, size, file_offset, buf_offset, writing=writing)
         request.finish = lambda: self._release(request.work)
         self._acquire(request.work)
-        return request.start(caller_helps=False)
+        return request.start()
 
     def _request(self, handle: EngineHandle, view: BufferView, size: int, file_offset: int, buf_offset: int,
                  *, writing: bool) -> pool.Request:

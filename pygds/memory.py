@@ -178,6 +178,18 @@ def as_buffer(obj: object, nbytes: int | None = None, *, writable: bool = False)
     return view.slice(0, nbytes)
 
 
+def held_view(obj: object) -> BufferView:
+    """`as_buffer(obj)` for a synchronous call that holds `obj` until it returns and lets no view
+    outlive it: for a `DeviceBuffer` or `PinnedBuffer`, one view made per allocation, which does
+    not keep the allocation alive (the caller's reference does), instead of a new view per call."""
+    cls = type(obj)
+    if cls is DeviceBuffer or cls is PinnedBuffer:
+        view = obj._held  # type: ignore[union-attr]
+        if view is not None:  # None once closed: `_adapt` raises naming that
+            return view
+    return _adapt(obj)
+
+
 def _adapt(obj: object) -> BufferView:
     # exact types first, one cheap test each: these are what nearly every call passes
     cls = type(obj)
@@ -413,6 +425,8 @@ class _Allocation(Closeable):
     def _track(self, ptr: int, free: Any, *args: int) -> None:
         self._ptr, self._closed = ptr, False
         self._free = weakref.finalize(self, _free_quietly, free, ptr, *args) if ptr else None
+        # made once (the memory never moves) for `held_view`; without an owner, so no cycle
+        self._held: BufferView | None = _trusted_view(ptr, self.nbytes, self._kind, self.device, False, None)
 
     @property
     def ptr(self) -> int:
@@ -436,7 +450,7 @@ class _Allocation(Closeable):
 
     def close(self) -> None:
         """Free the memory now; views taken earlier must not be used afterwards."""
-        self._closed = True
+        self._closed, self._held = True, None
         if self._free is not None:
             self._free()
 

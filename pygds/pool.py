@@ -6,15 +6,24 @@ on first use (a bad value raises `InvalidArgumentError` naming the variable ther
 `set_num_threads` / `set_task_size` change them at run time. A synchronous request's own thread
 works through the tasks too instead of only waiting, so it is never held up by pool threads that
 are slow to start (busy machine, few cores), and one thread does it all when the count is 1.
+
+The hand-off is kept short because it is paid on every split request: pool threads wait on one
+queue for a request, take its pieces from a shared counter, and a synchronous caller waits on one
+lock per request (no future, no allocation per piece). Queued work still runs at interpreter exit.
 """
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 from .errors import InvalidArgumentError
+
+log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 
@@ -45,7 +54,9 @@ def _env_int(name: str, default: int, minimum: int = 1) -> int:
 
 _threads: int | None = None  # from PYGDS_NTHREADS on first use, then set_num_threads
 _task_size: int | None = None  # from PYGDS_TASK_SIZE on first use, then set_task_size
-_executor: ThreadPoolExecutor | None = None
+_queue: queue.SimpleQueue = queue.SimpleQueue()  # work for the pool threads: callables; None stops one thread
+_workers: list[threading.Thread] = []  # pool threads started and not told to stop
+_started: list[threading.Thread] = []  # every pool thread that may still be running: joined at exit
 
 
 def num_threads() -> int:
@@ -65,15 +76,16 @@ def task_size() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Resize the pool (takes effect for requests submitted afterwards)."""
-    global _threads, _executor
+    """Resize the pool (takes effect for requests submitted afterwards; threads beyond the new count
+    stop once the work queued before the call has been taken)."""
+    global _threads
     if int(n) < 1:
         raise InvalidArgumentError(f"thread count must be at least 1, got {n}")
     with _lock:
         _threads = int(n)
-        old, _executor = _executor, None
-    if old is not None:
-        old.shutdown(wait=False)
+        while len(_workers) > _threads:
+            _workers.pop()
+            _queue.put(None)
 
 
 def set_task_size(nbytes: int) -> None:
@@ -101,32 +113,95 @@ def inline(size: int) -> bool:
     return size <= task_size() or _local.worker
 
 
+def _serve(get: Callable[[], Callable[[], None] | None]) -> None:
+    """A pool thread: run what the queue hands over until told to stop."""
+    mark_io_thread()
+    while (item := get()) is not None:
+        try:
+            item()
+        except BaseException:  # work items keep their own errors: this only guards the thread against a bug
+            log.exception("pygds pool: a work item raised")
+
+
+def _hand_off(item: Callable[[], None], copies: int) -> None:
+    """Queue `item` `copies` times for the pool threads (started on first use, up to `num_threads()`)."""
+    if len(_workers) < num_threads():
+        with _lock:
+            _started[:] = [t for t in _started if t.is_alive()]
+            while len(_workers) < num_threads():
+                worker = threading.Thread(target=_serve, args=(_queue.get,), daemon=True,
+                                          name=f"pygds-io-{len(_started)}")
+                worker.start()
+                _workers.append(worker)
+                _started.append(worker)
+    put = _queue.put
+    for _ in range(copies):
+        put(item)
+
+
 def submit(fn: Callable[..., object], *args: object) -> Future:
-    global _executor
+    """Run `fn(*args)` on a pool thread; the future of its result."""
+    future: Future = Future()
+
+    def item() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the future
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    _hand_off(item, 1)
+    return future
+
+
+@atexit.register
+def _finish_queued_work() -> None:
+    """At exit, let the pool threads (daemons) take every item queued so far, then stop, as
+    `concurrent.futures` pools do: a write handed to the pool is never dropped by an exit."""
     with _lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(num_threads(), thread_name_prefix="pygds-io", initializer=mark_io_thread)
-        executor = _executor
-    return executor.submit(fn, *args)
+        for _ in _workers:  # with the stop marks of earlier shrinks, one for every thread alive
+            _queue.put(None)
+        _workers.clear()
+        started = list(_started)
+    for worker in started:
+        worker.join()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of its parent's threads: start afresh."""
+    global _queue, _lock
+    _lock = threading.Lock()
+    _queue = queue.SimpleQueue()
+    _workers.clear()
+    _started.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Request:
     """One request's tasks `task(start, n)` over [0, size) in `step`-byte pieces (default: the task
-    size), taken one at a time by pool threads, by a synchronous caller, and by `work()` from
-    anyone who must see the request finished (`File.close` helps so, which keeps it from waiting on
-    pool threads that are busy or blocked on it).
+    size), taken one at a time by pool threads, by a synchronous caller (`run`), and by `work()`
+    from anyone who must see the request finished (`File.close` helps so, which keeps it from
+    waiting on pool threads that are busy or blocked on it).
 
-    The future gets the bytes moved from the start up to the first piece that came back short
-    (a read reaching the end of the file: pieces after it may still have moved bytes, of a file
-    that grew meanwhile, but a count never covers a hole), or the first error; after an error no
-    further piece starts. `future.cancel()` succeeds only before the first piece has started. `finish`
-    runs once when the last piece taken has ended, before the future is resolved, so no callback of
-    the future runs before it.
+    The count is the bytes moved from the start up to the first piece that came back short (a read
+    reaching the end of the file: pieces after it may still have moved bytes, of a file that grew
+    meanwhile, but a count never covers a hole), or the first error is raised; after an error no
+    further piece starts. `finish` runs once when the last piece taken has ended, before the count
+    is handed over (so before any callback of `start`'s future runs).
     """
+
+    __slots__ = ("count", "done", "end", "error", "finish", "future", "left", "lock", "next", "size", "step",
+                 "task")
 
     def __init__(self, task: Callable[[int, int], int], size: int, *, step: int | None = None,
                  finish: Callable[[], None] | None = None) -> None:
-        self.task, self.size, self.finish = task, size, finish
+        self.task: Callable[[int, int], int] | None = task
+        self.size, self.finish = size, finish
         self.step = step or task_size()
         self.count = max(1, -(-size // self.step))
         self.next = 0
@@ -134,21 +209,31 @@ class Request:
         self.end = size  # where the bytes moved from the start end: lowered by a short piece
         self.error: BaseException | None = None
         self.lock = threading.Lock()
-        self.future: Future = Future()
+        self.done = threading.Lock()  # held until the last piece taken has ended
+        self.done.acquire()
+        self.future: Future | None = None  # only for `start`
 
-    def start(self, *, caller_helps: bool) -> Future:
-        """Hand the pieces to the pool; the future of the sum.
+    def run(self) -> int:
+        """Do the request on the calling thread with up to `num_threads() - 1` pool threads
+        helping; the count (or the first error, raised)."""
+        helpers = min(num_threads(), self.count) - 1
+        if helpers > 0:
+            _hand_off(self.work, helpers)
+        self.work()
+        self.done.acquire()
+        error, self.error = self.error, None  # no cycle through the traceback this raise makes
+        if error is None:
+            return self.end
+        try:
+            raise error
+        finally:
+            error = None
 
-        With `caller_helps` the calling thread works through the pieces too before this returns
-        (the future is then done or nearly so); the pool lends at most `num_threads() - 1` threads
-        more, so `num_threads()` threads work on one request in all. Without it (futures API) the
-        pool lends up to `num_threads()` threads and this returns at once.
-        """
-        own = 1 if caller_helps else 0
-        for _ in range(min(num_threads(), self.count) - own):
-            submit(self.work)
-        if caller_helps:
-            self.work()
+    def start(self) -> Future:
+        """Hand the request to up to `num_threads()` pool threads and return at once: the future of
+        the count. `future.cancel()` succeeds only before the first piece has started."""
+        self.future = Future()
+        _hand_off(self.work, min(num_threads(), self.count))
         return self.future
 
     def _take(self) -> int | None:
@@ -158,7 +243,7 @@ class Request:
             i = self.next
             if i >= self.count:
                 return None
-            if i or self.future.set_running_or_notify_cancel():
+            if i or self.future is None or self.future.set_running_or_notify_cancel():
                 self.next = i + 1
                 return i
             self.next, self.left = self.count, 0  # cancelled before it started: nothing runs
@@ -167,14 +252,14 @@ class Request:
 
     def work(self) -> None:
         """Run pieces nobody has taken yet, on the calling thread, until none is left."""
-        step, size = self.step, self.size
+        step, size, task = self.step, self.size, self.task
         while (i := self._take()) is not None:
             start = i * step
             n = min(step, size - start)
             error = None
             try:
-                got = self.task(start, n)
-            except BaseException as exc:  # noqa: BLE001 - handed to the future, raised by its result()
+                got = task(start, n)  # type: ignore[misc]  # set while a piece is left to take
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller or the future
                 got, error = n, exc
             with self.lock:
                 if got < n:
@@ -187,14 +272,19 @@ class Request:
                 finished = self.left == 0
             if finished:
                 self._resolve()
+                return
 
     def _resolve(self) -> None:
         finish, self.finish, self.task = self.finish, None, None  # drop what holds the caller's buffer
         if finish is not None:
             finish()
-        if self.future.cancelled():
+        future = self.future
+        if future is None:
+            self.done.release()
+            return
+        if future.cancelled():
             return  # cancelled before it started
         if self.error is not None:
-            self.future.set_exception(self.error)
+            future.set_exception(self.error)
         else:
-            self.future.set_result(self.end)
+            future.set_result(self.end)

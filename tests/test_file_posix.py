@@ -306,7 +306,7 @@ def test_a_count_never_covers_a_hole_left_by_a_short_piece():
         return n // 2 if start == 4096 else n  # the second of four pieces is short
 
     request = pool.Request(piece, 4 * 4096, step=4096)
-    assert request.start(caller_helps=True).result() == 4096 + 2048
+    assert request.run() == 4096 + 2048
 
 
 def test_a_fifo_is_refused_at_open_without_blocking(tmp_path):
@@ -331,3 +331,69 @@ def test_a_fifo_is_refused_at_open_without_blocking(tmp_path):
 def test_perm_must_be_permission_bits(tmp_path, perm):
     with pytest.raises(pygds.InvalidArgumentError, match="perm must be an int of permission bits"):
         pygds.File(tmp_path / "f", "w", perm=perm)
+
+
+def test_a_forked_child_gets_pool_threads_of_its_own(tmp_path):
+    """A child forked after the parent used the pool has none of its threads: its futures still
+    complete (run by threads the child starts), with the right bytes."""
+    path = tmp_path / "fork.bin"
+    path.write_bytes(rand(12 << 20, seed=5))
+    script = textwrap.dedent("""
+        import os, sys, pygds
+        path = sys.argv[1]
+        expected = open(path, "rb").read()
+        with pygds.File(path) as f:
+            assert f.read(bytearray(12 << 20)) == 12 << 20  # the parent's pool threads are running
+            assert f.pread(bytearray(12 << 20)).result(timeout=30) == 12 << 20
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                with pygds.File(path) as f:
+                    buf = bytearray(12 << 20)
+                    code = 0 if f.pread(buf).result(timeout=15) == len(buf) and buf == expected else 1
+            finally:
+                os._exit(code)
+        print("CHILD", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120,
+                          check=False, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "CHILD 0", done.stdout + done.stderr
+
+
+def test_work_handed_to_the_pool_still_runs_at_exit(tmp_path):
+    """A `pwrite` whose future nobody waits for is finished before the interpreter exits."""
+    path = tmp_path / "exit.bin"
+    data = rand(12 << 20, seed=6)
+    script = textwrap.dedent("""
+        import sys, pygds
+        f = pygds.File(sys.argv[1], "w")
+        f.pwrite(bytearray(open(sys.argv[2], "rb").read()))
+    """)
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    done = subprocess.run([sys.executable, "-c", script, str(path), str(source)], capture_output=True, text=True,
+                          timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr
+    assert path.read_bytes() == data
+
+
+def test_resizing_the_pool_keeps_every_request_whole(tmp_path):
+    """Shrinking and growing the pool between and during requests loses no piece."""
+    path = tmp_path / "resize.bin"
+    data = rand(24 << 20, seed=7)
+    path.write_bytes(data)
+    threads = pool.num_threads()
+    try:
+        with pygds.File(path) as f:
+            for n in (4, 1, 3, 2, 6, 1):
+                pool.set_num_threads(n)
+                out = bytearray(len(data))
+                futs = [f.pread(memoryview(out)[i << 22:(i + 1) << 22], 4 << 20, i << 22) for i in range(6)]
+                assert f.read(out, 8 << 20, 0) == 8 << 20
+                assert [x.result(timeout=60) for x in futs] == [4 << 20] * 6
+                assert out == data
+    finally:
+        pool.set_num_threads(threads)

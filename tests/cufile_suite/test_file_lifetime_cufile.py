@@ -6,6 +6,7 @@ deregistered under a transfer. Each file holds its own bytes, so a byte from the
 from __future__ import annotations
 
 import gc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,27 @@ def test_close_inside_a_pool_thread_finishes_the_queued_work(files):
     finally:
         pool.set_num_threads(threads)
     assert device_bytes(dst, SIZE) == a.read_bytes()
+
+
+@pytest.mark.parametrize("engine", ["cufile", "posix"])
+def test_reads_into_a_device_buffer_reuse_one_view_and_refuse_it_once_closed(tmp_path, engine):
+    """`File.read(DeviceBuffer)` takes the buffer's one held view (no new view per call), lands
+    every byte, keeps no reference that would hold the buffer alive, and refuses the buffer once
+    it is closed instead of reading into freed memory."""
+    path = tmp_path / "held.bin"
+    data = pattern(11, 64 << 10)
+    path.write_bytes(data)
+    buf = DeviceBuffer(len(data))
+    assert pygds.memory.held_view(buf) is pygds.memory.held_view(buf)
+    with pygds.File(path, engine=engine) as f:
+        for offset in range(0, len(data), 4096):
+            assert f.read(buf, 4096, offset, buf_offset=offset) == 4096
+        assert device_bytes(buf, len(data)) == data
+        alive = weakref.ref(buf)
+        del buf
+        gc.collect()
+        assert alive() is None
+        closed = DeviceBuffer(4096)
+        closed.close()
+        with pytest.raises(pygds.InvalidArgumentError, match="closed"):
+            f.read(closed, 4096, 0)

@@ -7,6 +7,7 @@ cuFile stages it itself.
 from __future__ import annotations
 
 import ctypes
+from bisect import bisect_right
 
 from ... import _cufile_abi as abi
 from ..._lib import cufile
@@ -35,29 +36,29 @@ class CuFileHandle(EngineHandle):
         # bound once: read and write are the per-call hot path
         self._read = self._lib.cuFileRead
         self._write = self._lib.cuFileWrite
-        self._find = CuFileDriver.registry.find
+        self._registry = CuFileDriver.registry
 
     def target(self, view: BufferView, size: int, buf_offset: int) -> tuple[int, int]:
         """(registered base, offset) for memory inside a registration, else (address, 0)."""
         ptr = view.ptr + buf_offset
-        base = self._find(ptr, size)
+        base = self._registry.find(ptr, size)
         return (ptr, 0) if base is None else (base, ptr - base)
 
     def read(self, view: BufferView, size: int, file_offset: int, buf_offset: int) -> int:
-        ptr = view.ptr + buf_offset  # `target`, inline: this is the per-call hot path
-        base = self._find(ptr, size)
-        if base is None:
-            base = ptr
+        ptr = view.ptr + buf_offset  # `target` and `Registry.find`, inline: this is the per-call hot path
+        starts, ends = self._registry.ranges
+        i = bisect_right(starts, ptr) - 1
+        base = starts[i] if i >= 0 and ptr + size <= ends[i] else ptr
         ret = self._read(self.handle, base, size, file_offset, ptr - base)
         if ret >= 0:
             return ret
         return decode_io_result("cuFileRead", ret, ctypes.get_errno(), path=self.path)
 
     def write(self, view: BufferView, size: int, file_offset: int, buf_offset: int) -> int:
-        ptr = view.ptr + buf_offset  # `target`, inline: this is the per-call hot path
-        base = self._find(ptr, size)
-        if base is None:
-            base = ptr
+        ptr = view.ptr + buf_offset  # as `read`
+        starts, ends = self._registry.ranges
+        i = bisect_right(starts, ptr) - 1
+        base = starts[i] if i >= 0 and ptr + size <= ends[i] else ptr
         ret = self._write(self.handle, base, size, file_offset, ptr - base)
         if ret >= 0:
             return ret
