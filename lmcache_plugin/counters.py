@@ -25,7 +25,7 @@ STATS_DIR = ".pygds-stats"
 
 COUNTERS = (
     "hits", "misses", "puts", "put_skipped", "put_refused", "put_errors", "read_errors",
-    "corrupt", "bytes_read", "bytes_written", "evictions", "evicted_bytes", "removed",
+    "corrupt", "checksum_skipped", "bytes_read", "bytes_written", "evictions", "evicted_bytes", "removed",
 )
 _MAX_REFUSAL_REASONS = 1000
 """Distinct refusal reasons remembered for warn-once; later new ones are logged at debug."""
@@ -43,6 +43,8 @@ class StoreStats:
     put_errors: int
     read_errors: int
     corrupt: int
+    checksum_skipped: int
+    """Reads that did not hash a file this process had verified before (`verified.py`)."""
     bytes_read: int
     bytes_written: int
     evictions: int

@@ -4,7 +4,9 @@ Nothing on disk is taken on trust. Every read re-reads the header from the open 
 it against the key asked for (a renamed or swapped file, or a name a case-insensitive file system
 folds onto another, holds another key), the file's length, the header `lookup` returned and the
 destination; it checks that all the data came and verifies the checksum of exactly the bytes
-read. `verify_file` runs the same checks for `pygds cache verify`, reading into host memory.
+read, except where this process already verified the very same file version (`verified.py`).
+`verify_file` runs the same checks for `pygds cache verify`, reading into host memory, always
+hashing.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from typing import Any, Iterator
 
 import pygds
 
+from .counters import Counters
 from .entries import Entries
 from .format import HEADER_SIZE, CorruptEntryError, EntryHeader, checksum_of, header_digest, unpack_header
 from .index import Entry
 from .layout import InvalidKeyError, Layout, is_bounded_stem, key_from_stem, metadata_path
 from .publish import OpenFile, publish_bytes
+from .verified import VerifiedFiles
 
 logger = logging.getLogger(__name__)
 
@@ -144,11 +148,14 @@ class Reader:
     """The store's reads: headers loaded lazily and cached on the `Entry`, data read into any
     memory. A bad file is dropped (`Entries.drop`); a vanished one forgotten."""
 
-    def __init__(self, entries: Entries, open_file: OpenFile, checksum_mode: str, rebuild_metadata: bool) -> None:
+    def __init__(self, entries: Entries, counters: Counters, open_file: OpenFile, checksum_mode: str,
+                 rebuild_metadata: bool) -> None:
         self._entries = entries
+        self._counters = counters
         self._open = open_file
         self._mode = checksum_mode
         self._rebuild = rebuild_metadata
+        self._verified = VerifiedFiles(entries.layout.unique_paths, enabled=checksum_mode == "auto")
 
     def load_header(self, entry: Entry) -> EntryHeader | None:
         """Read, validate and cache the header; rebuild a missing `.metadata` from it (in a store
@@ -244,13 +251,18 @@ class Reader:
             except IO_ERRORS as exc:
                 entries.drop(entry, exc, st, "read_errors")
                 raise CorruptEntryError(f"read failed: {exc}", info.path) from None
-        if header.checksum is not None and sums(self._mode, view.kind):
+            summed = header.checksum is not None and sums(self._mode, view.kind)
+            after = os.fstat(f.fd) if summed else None
+        if summed and self._verified.holds(info.path, st, after):
+            self._counters.bump(checksum_skipped=1)
+        elif summed:
             try:
                 check_checksum(header, checksum(view, got))  # exactly the bytes read
             except CorruptEntryError as exc:
                 exc = CorruptEntryError(exc.reason, info.path)
                 entries.drop(entry, exc, st, "corrupt")
                 raise exc from None
+            self._verified.verified(info.base, info.path, st, after)
         entries.index.get(stem, touch=True)
         return header
 

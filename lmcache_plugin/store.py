@@ -106,7 +106,7 @@ class KVStore:
         self._claims = Claims()
         self._counters = Counters()
         self._entries = Entries(self._index, self.layout, self._claims, self._counters)
-        self._reader = Reader(self._entries, self._open, options.checksum, options.metadata_file)
+        self._reader = Reader(self._entries, self._counters, self._open, options.checksum, options.metadata_file)
         bound = capacity_of(options.capacity_bytes, options.capacity_fraction, self.layout.write_path)
         self._capacity = Capacity(
             bound, self.layout.write_path, self._index, self._claims, self._counters, self._entries.keep
