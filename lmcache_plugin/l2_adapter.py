@@ -59,7 +59,7 @@ from lmcache.v1.platform import create_event_notifier
 import pygds
 
 from .format import HEADER_SIZE
-from .l2_names import MpKey, fanout_hash, mp_key_text, parse_mp_key_text
+from .l2_names import FANOUT_DIRS, MpKey, fanout_hash, mp_key_text, parse_mp_key_text
 from .layout import Layout, parse_paths
 from .store import CorruptEntryError, EntryGoneError, EntryHeader, KVStore, StoreOptions
 
@@ -182,11 +182,14 @@ class GdsL2AdapterConfig(L2AdapterConfigBase):
         return "GdsL2Adapter adapter_params:\n" + "\n".join(f"- {k}: {v}" for k, v in cls.PARAMS.items())
 
 
-def _check_path(path: str, direct_io: bool) -> None:
-    """Create `path` and a file in it (opened with O_DIRECT when asked), or stop with the fix."""
+def _prepare_path(path: str, direct_io: bool) -> None:
+    """Create `path`, its fan-out directories and a file in it (opened with O_DIRECT when asked),
+    or stop with the fix."""
     probe = os.path.join(path, f".pygds-l2-probe-{os.getpid()}")
     try:
         os.makedirs(path, exist_ok=True)
+        for name in FANOUT_DIRS:
+            os.makedirs(os.path.join(path, name), exist_ok=True)
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
     except OSError as exc:
         raise L2ParamError("paths", path, f"cannot write there ({exc.strerror or exc})",
@@ -282,7 +285,7 @@ class GdsL2Adapter(L2AdapterInterface):
         if not isinstance(config, GdsL2AdapterConfig):
             config = GdsL2AdapterConfig.from_dict(config)
         for path in config.paths:
-            _check_path(path, config.direct_io)
+            _prepare_path(path, config.direct_io)
         capacity = config.capacity_bytes
         super().__init__(max_capacity_bytes=capacity or 0)
         self.config = config

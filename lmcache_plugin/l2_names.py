@@ -87,6 +87,13 @@ def parse_mp_key_text(text: str) -> MpKey | None:
     return key if canonical == text else None
 
 
+FANOUT_DIRS = tuple(f"{i:02x}" for i in range(256))
+"""The fan-out directories of MP entries in each path: one level, named by the first byte of the
+chunk hash. The adapter creates all of them at start, so that no store pays for a `mkdir` (it
+cost more than writing 256 KiB of data), and a start-up scan lists 256 directories per path."""
+
+
 def fanout_hash(key: MpKey) -> str:
-    """The chunk hash as `KVStore` takes it for the fan-out directories: lower-case hex."""
-    return key.chunk_hash.hex()
+    """The chunk hash as `KVStore` takes it for the fan-out directories: its first byte in
+    lower-case hex, which `layout.fanout` turns into the single level `<base>/<xx>/`."""
+    return key.chunk_hash[:1].hex()

@@ -247,6 +247,10 @@ def test_every_method_through_lmcache_factory(tmp_path: Path, arena) -> None:
         ks, src = keys(24), objects(buf, 24, 0)
         assert drv.store(ks, src) == 24 * SIZE
         assert all(data_files(p) for p in paths)  # spread over every path
+        for p in paths:  # one fan-out level, by the hash's first byte, all 256 made at start
+            assert sorted(d.name for d in p.iterdir() if d.is_dir()) == [f"{i:02x}" for i in range(256)]
+        assert all(file_of(p, k).parent.name == k.chunk_hash[:1].hex() for k in ks
+                   for p in paths if any(k.chunk_hash.hex() in f.name for f in data_files(p)))
         assert all_files(paths) == sorted(f for p in paths for f in data_files(p))  # one file per entry
         missing = keys(1)
         assert drv.lookup(ks + missing) == [True] * 24 + [False]
