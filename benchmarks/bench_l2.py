@@ -11,6 +11,11 @@ Two pairs:
   cache); ours is buffered below 1 MiB per entry and O_DIRECT from there (`direct_io_min_kb`).
   Goals: store >= 2x, load >= 1.0x.
 - O_DIRECT on both sides (ours with `direct_io_min_kb` 0). Goals: store and load >= 1.0x.
+- cold (root only): defaults again, but as an L2 is read after a restart, or once the entries are
+  older than what the page cache holds: `--only store`, then `sync; echo 3 > drop_caches`, then
+  `--only load` on the same directories (LMCache's bench runs the same keys in both). LMCache
+  verifies bytes only within one run, so here every key must succeed (ours still checks each
+  entry's key and checksum); the warm pairs verify every byte. Same goals as the defaults.
 
 Each run is a separate `lmcache bench l2` process; the order of the contenders alternates between
 runs; the table shows the median over `--runs` of each run's average MiB/s ("MB/s" in LMCache's
@@ -18,7 +23,7 @@ output is MiB/s of requested bytes). A run whose keys did not all succeed, or wh
 did not pass, counts as a failure. The command lines are printed with the table.
 
     python benchmarks/bench_l2.py [--data-size-kb 256] [--num-keys 32] [--in-flight 4]
-                                  [--rounds 5] [--runs 1] [--dir D] [--json FILE]
+                                  [--rounds 5] [--runs 1] [--cold] [--dir D] [--json FILE]
 
 Exit status 0 when every goal was met, 1 when one was missed, 2 on a failed run.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -37,8 +43,11 @@ import tempfile
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from benchmarks.common import drop_caches  # noqa: E402
 OPS = ("store", "load", "lookup")
-GOALS = {"defaults": {"store": 2.0, "load": 1.0}, "odirect": {"store": 1.0, "load": 1.0}}
+GOALS = {"defaults": {"store": 2.0, "load": 1.0}, "odirect": {"store": 1.0, "load": 1.0},
+         "cold": {"store": 2.0, "load": 1.0}}
 
 
 def adapter_json(contender: str, mode: str, dirs: list[str]) -> str:
@@ -57,27 +66,44 @@ def adapter_json(contender: str, mode: str, dirs: list[str]) -> str:
     return json.dumps(spec, separators=(",", ":"))
 
 
-def command(spec: str, args: argparse.Namespace, output: str) -> list[str]:
-    return ["lmcache", "bench", "l2", "--l2-adapter", spec, "--num-keys", str(args.num_keys),
-            "--in-flight", str(args.in_flight), "--data-size-kb", str(args.data_size_kb),
-            "--rounds", str(args.rounds), "--warmup-rounds", "1", "--lookup-max-hit-rate", "1.0",
-            "--l1-align-bytes", "4096", "--no-skip-verify", "--format", "json", "--output", output]
+def command(spec: str, args: argparse.Namespace, output: str, only: str | None = None) -> list[str]:
+    cmd = ["lmcache", "bench", "l2", "--l2-adapter", spec, "--num-keys", str(args.num_keys),
+           "--in-flight", str(args.in_flight), "--data-size-kb", str(args.data_size_kb),
+           "--rounds", str(args.rounds), "--warmup-rounds", "1", "--lookup-max-hit-rate", "1.0",
+           "--l1-align-bytes", "4096", "--no-skip-verify", "--format", "json", "--output", output]
+    return cmd + (["--only", only] if only else [])
 
 
 def run_once(contender: str, mode: str, args: argparse.Namespace, root: str) -> tuple[dict[str, float], str]:
-    """One `lmcache bench l2` run on fresh directories: MiB/s (lookup: keys/s) per operation."""
+    """One `lmcache bench l2` run on fresh directories (the cold pair: a store run, the page cache
+    dropped, a load run): MiB/s (lookup: keys/s) per operation."""
     shutil.rmtree(root, ignore_errors=True)
     dirs = [os.path.join(root, f"path{i}") for i in range(4)]
     for d in dirs:
         os.makedirs(d)
-    output = os.path.join(root, "result.json")
-    cmd = command(adapter_json(contender, mode, dirs), args, output)
+    spec = adapter_json(contender, "defaults" if mode == "cold" else mode, dirs)
+    figures: dict[str, float] = {}
+    shown = []
+    for only in ("store", "load") if mode == "cold" else (None,):
+        if only == "load" and not drop_caches():
+            raise RuntimeError("the cold pair drops the page cache: run as root (or leave out --cold)")
+        output = os.path.join(root, f"result-{only}.json")
+        cmd = command(spec, args, output, only)
+        shown.append(" ".join(shlex.quote(c) for c in cmd))
+        figures.update(_run(cmd, output, contender, mode, args, verify=only is None))
+    shutil.rmtree(root, ignore_errors=True)
+    return figures, "`, then `".join(shown)
+
+
+def _run(cmd: list[str], output: str, contender: str, mode: str, args: argparse.Namespace,
+         verify: bool) -> dict[str, float]:
     env = dict(os.environ, LMCACHE_DISABLE_BANNER="1", PYTHONWARNINGS="ignore", LMCACHE_TRACK_USAGE="false",
                PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=1800)
-    shown = " ".join(shlex.quote(c) for c in cmd)
     total = args.rounds * args.in_flight * args.num_keys
-    if done.returncode != 0 or f"All {args.in_flight * args.num_keys} keys data verified OK" not in done.stdout:
+    verified = f"All {args.in_flight * args.num_keys} keys data verified OK" in done.stdout
+    if done.returncode != 0 or (verify and not verified):
+        shown = " ".join(shlex.quote(c) for c in cmd)
         raise RuntimeError(f"{contender} ({mode}) failed or did not verify:\n{shown}\n{done.stdout[-3000:]}"
                            f"\n{done.stderr[-3000:]}")
     with open(output, encoding="utf-8") as fh:
@@ -90,8 +116,11 @@ def run_once(contender: str, mode: str, args: argparse.Namespace, root: str) -> 
         if name != "lookup" and op["total_success"] != total:
             raise RuntimeError(f"{contender} ({mode}) {name}: {op['total_success']} of {total} keys succeeded")
         figures[name] = op["ops_per_sec_avg"] if name == "lookup" else op["throughput_avg_mbps"]
-    shutil.rmtree(root, ignore_errors=True)
-    return figures, shown
+    return figures
+
+
+def _figure(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.0f}"
 
 
 def main() -> int:
@@ -103,12 +132,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1, help="runs per contender and mode (median shown)")
     parser.add_argument("--dir", default=None, help="where the fresh directories go (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--cold", action="store_true", help="add the cold pair (root: drops the page cache)")
     args = parser.parse_args()
+    modes = [m for m in GOALS if m != "cold" or args.cold]
     base = tempfile.mkdtemp(prefix="bench-l2-", dir=args.dir)
     results: dict[str, dict[str, dict[str, float]]] = {}
     commands: dict[str, str] = {}
     try:
-        for mode in GOALS:
+        for mode in modes:
             runs: dict[str, list[dict[str, float]]] = {"fs_native": [], "GdsL2Adapter": []}
             for r in range(args.runs):
                 order = list(runs) if r % 2 == 0 else list(reversed(runs))
@@ -116,7 +147,8 @@ def main() -> int:
                     figures, shown = run_once(contender, mode, args, os.path.join(base, "run"))
                     runs[contender].append(figures)
                     commands[f"{contender} ({mode})"] = shown
-            results[mode] = {c: {op: statistics.median(f[op] for f in fs) for op in OPS} for c, fs in runs.items()}
+            results[mode] = {c: {op: statistics.median(f.get(op, math.nan) for f in fs) for op in OPS}
+                             for c, fs in runs.items()}
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"benchmark run failed: {exc}", file=sys.stderr)
         return 2
@@ -137,7 +169,7 @@ def main() -> int:
             cells.append(f"{ratio:.2f}x (>= {GOALS[mode][op]}x) {'met' if ok else 'MISSED'}")
         for name, f in (("fs_native", theirs), ("GdsL2Adapter", ours)):
             ratios = cells if name == "GdsL2Adapter" else ["", ""]
-            print(f"| {mode} | {name} | {f['store']:.0f} | {f['load']:.0f} | {f['lookup']:.0f} | "
+            print(f"| {mode} | {name} | {f['store']:.0f} | {f['load']:.0f} | {_figure(f['lookup'])} | "
                   f"{ratios[0]} | {ratios[1]} |")
     print("\nCommand lines (directories are fresh for every run):\n")
     for name, shown in commands.items():
