@@ -130,10 +130,12 @@ def _bytes_of(memory_obj: MemoryObj, nbytes: int) -> torch.Tensor:
 def _checksum_mode(setting: str, kind: str) -> str:
     """The store's checksum mode for chunks in memory of `kind`. "auto" is decided here, once, by
     the memory this adapter allocates from: the store would judge each chunk by its tensor, and a
-    CPU tensor over GPU memory (an embedder's `buffer`) would look like host memory to it."""
+    CPU tensor over GPU memory (an embedder's `buffer`) would look like host memory to it. Host
+    memory keeps the store's "auto" (every chunk hashed on write; a read hashes each file version
+    once, `verified.py`)."""
     if setting != "auto":
         return setting
-    return "always" if kind in ("host", "pinned") else "off"
+    return "auto" if kind in ("host", "pinned") else "off"
 
 
 def _fs_types(paths: Sequence[str]) -> dict[str, str]:

@@ -108,8 +108,9 @@ class PluginSettings:
     max_local_cpu_size_gb: float = 5.0
     builtin_gds_paths: tuple[str, ...] = ()  # where LMCache's own GdsBackend also runs
     # Whether entries carry an XXH3-64 checksum of their data and reads verify it: "auto" on
-    # host-memory destinations only (cheap next to the I/O there), "always" also on GPU memory
-    # through a staging copy, "off" never.
+    # host-memory destinations only (cheap next to the I/O there; each file version once per
+    # process on local file systems), "always" on every read, GPU memory too through a staging
+    # copy, "off" never.
     checksum: str = "auto"
     sources: Mapping[str, str] = field(default_factory=dict)
 

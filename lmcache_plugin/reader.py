@@ -157,6 +157,10 @@ class Reader:
         self._rebuild = rebuild_metadata
         self._verified = VerifiedFiles(entries.layout.unique_paths, enabled=checksum_mode == "auto")
 
+    def written(self, base: str, path: str, st: os.stat_result) -> None:
+        """A put wrote `path` from data it had just hashed (`st`: its `fstat` before the rename)."""
+        self._verified.written(base, path, st)
+
     def load_header(self, entry: Entry) -> EntryHeader | None:
         """Read, validate and cache the header; rebuild a missing `.metadata` from it (in a store
         that writes them)."""
@@ -252,7 +256,7 @@ class Reader:
                 entries.drop(entry, exc, st, "read_errors")
                 raise CorruptEntryError(f"read failed: {exc}", info.path) from None
             summed = header.checksum is not None and sums(self._mode, view.kind)
-            after = os.fstat(f.fd) if summed else None
+            after = self._verified.stat_after_read(f.fd) if summed else None
         if summed and self._verified.holds(info.path, st, after):
             self._counters.bump(checksum_skipped=1)
         elif summed:
