@@ -61,6 +61,8 @@ class Index:
     `ScannedDir`: its `Entry` is made on first access and stored in its place, so every caller
     gets that same object from then on; a touch moves it to `_entries`.
     Entries removed while a scan runs leave a tombstone so the scan cannot bring them back.
+    Entries a snapshot named (`add_snapshot`) stay unconfirmed until the scan lists them; a
+    complete scan drops those it did not find (`end_scan`).
     """
 
     def __init__(self) -> None:
@@ -70,6 +72,7 @@ class Index:
         self._used: dict[str, int] = {}
         self._scanning = False
         self._tombstones: set[str] = set()
+        self._unconfirmed: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._entries) + len(self._scanned)
@@ -103,14 +106,28 @@ class Index:
             self._entries[entry.stem] = entry  # a promoted stem already sits at the end
             self._account(entry, +1)
             self._tombstones.discard(entry.stem)
+            self._unconfirmed.discard(entry.stem)
             return entry
 
     def add_scanned(self, entries: Iterable[Entry]) -> int:
-        """Insert scan results as least recently used, skipping known and removed stems."""
+        """Insert scan results as least recently used, skipping known and removed stems. A
+        snapshot's entry of the stem, still unconfirmed, is replaced (the scan's size is true).
+        Returns how many were added or confirmed."""
         added = 0
         with self.lock:
             for entry in entries:
                 stem = entry.stem
+                if stem in self._unconfirmed:
+                    self._unconfirmed.discard(stem)
+                    added += 1
+                    old = self._scanned.get(stem)
+                    if old is not None:
+                        if isinstance(old, Entry):
+                            entry.pins = old.pins
+                            self._account(old, -1)
+                        self._scanned[stem] = entry
+                        self._account(entry, +1)
+                        continue
                 if stem in self._scanned or stem in self._entries or stem in self._tombstones:
                     continue
                 self._scanned[stem] = entry
@@ -122,6 +139,7 @@ class Index:
         """`add_scanned` for stems found by listings, sizes unknown, without an `Entry` each
         (the scan of a large cache is mostly this call)."""
         with self.lock:
+            confirmed = self._confirm(listed) if self._unconfirmed else 0
             stems = listed.keys()  # isdisjoint of two views or a set goes over the smaller
             if not (
                 stems.isdisjoint(self._scanned.keys())
@@ -136,7 +154,44 @@ class Index:
                     and stem not in self._tombstones
                 }
             self._scanned.update(listed)
-            return len(listed)
+            return len(listed) + confirmed
+
+    def add_snapshot(self, listed: dict[str, ScannedDir], sized: Iterable[Entry]) -> int:
+        """Insert what a snapshot named, as least recently used and unconfirmed (known and
+        removed stems skipped); returns how many were added."""
+        with self.lock:
+            before = len(self._scanned)
+            new = {
+                s: w
+                for s, w in listed.items()
+                if s not in self._scanned and s not in self._entries and s not in self._tombstones
+            }
+            self._scanned.update(new)
+            self._unconfirmed.update(new)
+            for entry in sized:
+                stem = entry.stem
+                if stem in self._scanned or stem in self._entries or stem in self._tombstones:
+                    continue
+                self._scanned[stem] = entry
+                self._account(entry, +1)
+                self._unconfirmed.add(stem)
+            return len(self._scanned) - before
+
+    def _confirm(self, listed: dict[str, ScannedDir]) -> int:
+        """The scan listed these stems: a snapshot's entry of one elsewhere (another path or
+        directory) takes the listed place; all are confirmed (returns how many)."""
+        confirmed = self._unconfirmed.intersection(listed)
+        self._unconfirmed.difference_update(confirmed)
+        for stem in confirmed:
+            old, where = self._scanned.get(stem), listed[stem]
+            if old is None or old == where:
+                continue
+            if isinstance(old, Entry):
+                if old.path == os.path.join(where.directory, stem + where.suffix):
+                    continue
+                self._account(old, -1)
+            self._scanned[stem] = where
+        return len(confirmed)
 
     def pop(self, stem: str) -> Entry | None:
         """Remove and return the entry (a tombstone while a scan runs)."""
@@ -214,10 +269,29 @@ class Index:
         with self.lock:
             self._scanning = True
 
-    def end_scan(self) -> None:
+    def end_scan(self, complete: bool = True) -> int:
+        """The scan has ended. When it listed every directory (`complete`), a snapshot's entry
+        it did not find is gone from disk and is dropped (one read or put since keeps it);
+        returns how many were dropped."""
+        dropped = 0
         with self.lock:
+            if complete:
+                for stem in self._unconfirmed:
+                    found = self._scanned.pop(stem, None)
+                    if found is not None:
+                        dropped += 1
+                        if isinstance(found, Entry):
+                            self._account(found, -1)
+            self._unconfirmed.clear()
             self._scanning = False
             self._tombstones.clear()
+        return dropped
+
+    def items(self) -> list[tuple[str, Entry | ScannedDir]]:
+        """Every (stem, entry) pair, a scanned entry possibly still its `ScannedDir` (no `Entry`
+        made: a snapshot of a large index is mostly these)."""
+        with self.lock:
+            return [*self._scanned.items(), *self._entries.items()]
 
     def _promote(self, stem: str) -> Entry | None:
         """The entry for `stem`, made most recently used (a scanned one moves to `_entries`)."""

@@ -37,6 +37,9 @@ class StoreOptions:
         header is the record either way: entries with and without a `.metadata` are read,
         counted and removed alike, and a missing one is rebuilt only when this is on.
     scan: run the start-up scan of all paths in a background thread.
+    index_snapshot: with `scan`, load each path's index snapshot (`<path>/.pygds-index/`) before
+        the scan, so that a restart serves at once, and write it after the scan and at close. A
+        snapshot is a hint the scan confirms; reads check every entry anyway.
     stats_interval_s: publish the counters to `<write path>/.pygds-stats/<host>-<pid>.json`
         this often (and at close) for `pygds cache stats`; 0 (the default) disables publishing.
     checksum: "auto" | "always" | "off". "auto" (the default) writes a checksum of the data when
@@ -59,6 +62,7 @@ class StoreOptions:
     fsync: bool = False
     metadata_file: bool = True
     scan: bool = True
+    index_snapshot: bool = True
     stats_interval_s: float = 0.0
     checksum: str = "auto"
 

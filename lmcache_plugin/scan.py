@@ -2,7 +2,10 @@
 
 The scan needs directory listings only: it never opens a data file. It stats only temporary
 files (for their age) and, when a capacity bound is set, the entries of the write path (for their
-size). It runs in a background thread while the store serves requests.
+size). It runs in a background thread while the store serves requests. Before it starts, the index is
+filled from each path's snapshot (`snapshot.py`), so that a restart serves at once; the scan then
+confirms, corrects and completes what the snapshots said, and the snapshots are written again
+when the scan found them out of date and at close (`Scanner.save`).
 
 A large cache holds far more entries than a run looks up, so the scan's cost is what it pays per
 name: it sorts each listing with a few C-speed string operations (`Scanner._sort_listings`) and
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
+from . import snapshot
 from .format import HEADER_SIZE
 from .index import Entry, Index, ScannedDir
 from .layout import METADATA_SUFFIX, Layout, is_tmp_name
@@ -123,6 +127,12 @@ class ScanStats:
     """What the start-up scan found and how long it took."""
 
     entries: int = 0
+    """entries the scan found and indexed, or confirmed where a snapshot had named them"""
+    snapshot_entries: int = 0
+    """entries the snapshots named, indexed before the scan started"""
+    snapshot_dropped: int = 0
+    """of those, entries the scan did not find on disk (dropped)"""
+    snapshot_seconds: float = 0.0
     directories: int = 0
     stale_tmp_removed: int = 0
     errors: int = 0
@@ -135,7 +145,11 @@ class Scanner:
     """Scans every configured path in a background thread and feeds the index.
 
     `stat_bases` are the paths whose entries are stat'ed for their size (the capacity-bounded
-    write path); elsewhere sizes stay unknown until an entry is read.
+    write path); elsewhere sizes stay unknown until an entry is read. There a snapshot's entry is
+    loaded only with its size, so capacity counts it, and the scan's own size replaces it.
+
+    With `snapshots`, each path's snapshot is loaded before the scan and written after it (when
+    it was out of date) and by `save`.
 
     The scan thread lists alone while listings come from memory (more threads would only
     contend for the GIL); when a listing waits on the disk, it starts another worker, up to
@@ -150,12 +164,14 @@ class Scanner:
         tmp_max_age_s: float = 3600.0,
         stat_bases: Iterable[str] = (),
         threads: int = 8,
+        snapshots: bool = True,
     ) -> None:
         self.layout = layout
         self.index = index
         self.tmp_max_age_s = tmp_max_age_s
         self.stat_bases = set(stat_bases)
         self.threads = max(1, threads)
+        self.snapshots = snapshots
         self.stats = ScanStats(paths=list(layout.unique_paths))
         self._done = threading.Event()
         self._stop = threading.Event()
@@ -173,6 +189,8 @@ class Scanner:
         """Start the scan thread (once)."""
         if self._thread is None:
             self.index.begin_scan()
+            if self.snapshots:
+                self.load_snapshots()
             self._thread = threading.Thread(target=self.run, name="kvstore-scan", daemon=True)
             self._thread.start()
 
@@ -190,6 +208,13 @@ class Scanner:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+
+    def close(self) -> None:
+        """Stop a running scan, then write the snapshots (with `snapshots`): the index now
+        holds every entry this store put."""
+        self.stop()
+        if self.snapshots:
+            self.save()
 
     def run(self) -> None:
         """Scan all paths now, in the calling thread (and the workers it starts)."""
@@ -214,17 +239,69 @@ class Scanner:
         except Exception:  # a scan must never take the store down
             self._stopped_early()
         finally:
-            self.index.end_scan()
+            complete = not self._stop.is_set() and self.stats.errors == 0
+            self.stats.snapshot_dropped = self.index.end_scan(complete)
             self.stats.seconds = time.perf_counter() - start
             self.stats.done = True
             self._done.set()
         logger.info(
-            "scanned %d path(s): %d entries, %d stale temporary files removed, in %.2f s",
+            "scanned %d path(s): %d entries (%d named by snapshots, %d of those gone), %d stale "
+            "temporary files removed, in %.2f s",
             len(self.layout.unique_paths),
             self.stats.entries,
+            self.stats.snapshot_entries,
+            self.stats.snapshot_dropped,
             self.stats.stale_tmp_removed,
             self.stats.seconds,
         )
+        stats = self.stats
+        if self.snapshots and complete and (stats.entries != stats.snapshot_entries or stats.snapshot_dropped):
+            self.save()
+
+    def save(self) -> None:
+        """Write each path's snapshot of the index as it is now (never raises: a path that
+        refuses only means a slower next start)."""
+        try:
+            items = self.index.items()
+            for base in self.layout.unique_paths:
+                snapshot.write(base, self.layout, snapshot.groups_of(items, base))
+        except Exception:
+            logger.exception("writing the index snapshots of %s failed", self.layout.unique_paths)
+
+    def load_snapshots(self) -> int:
+        """Index what each path's snapshot names, checked as listed names are (`start` does this
+        before the scan); returns how many entries were added."""
+        start = time.perf_counter()
+        added = 0
+        try:
+            for base in self.layout.unique_paths:
+                groups = snapshot.read(base, self.layout)
+                if groups is not None:
+                    added += self._add_snapshot(base, groups)
+        except Exception:  # a snapshot is a hint: the scan fills the index anyway
+            logger.exception("loading the index snapshots of %s failed", self.layout.unique_paths)
+        self.stats.snapshot_entries += added
+        self.stats.snapshot_seconds += time.perf_counter() - start
+        if added:
+            logger.info("indexed %d entries from snapshots in %.2f s; scanning to confirm them",
+                        added, self.stats.snapshot_seconds)
+        return added
+
+    def _add_snapshot(self, base: str, groups: list[snapshot.Group]) -> int:
+        suffix = self.layout.data_suffix
+        listed: dict[str, ScannedDir] = {}
+        sized: list[Entry] = []
+        for g in groups:
+            stems = g.stems if _plain_stems("/".join(g.stems)) and "" not in g.stems else [
+                stem for stem in g.stems if self.layout.stem_of_data_name(stem + suffix) == stem]
+            directory = os.path.join(base, g.directory)
+            if base not in self.stat_bases:
+                listed.update(dict.fromkeys(stems, ScannedDir(base, directory, suffix, g.has_metadata)))
+            elif g.sizes is not None:
+                size_of = dict(zip(g.stems, g.sizes))
+                sized += [Entry(stem, base, os.path.join(directory, stem + suffix), size_of[stem], g.has_metadata)
+                          for stem in stems if size_of[stem] >= 0]
+        return self.index.add_snapshot(listed, sized)
 
     def _work(self, todo: queue.SimpleQueue[tuple[str, str]]) -> None:
         """Scan first-level directories until none are left; start another worker each time

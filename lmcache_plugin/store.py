@@ -123,6 +123,7 @@ class KVStore:
             self._index,
             tmp_max_age_s=options.tmp_max_age_s,
             stat_bases=[self.layout.write_path] if bound is not None else [],
+            snapshots=options.scan and options.index_snapshot,
         )
         if options.scan:
             self._scanner.start()
@@ -595,7 +596,7 @@ class KVStore:
             self._pool.shutdown(wait=True)  # runs every accepted task, then stops
         self.flush()  # submitted without a pool: done already; with one: nothing left
         self._closed = True
-        self._scanner.stop()
+        self._scanner.close()  # stops the scan, writes the index snapshots
         if self._publisher is not None:
             self._publisher.stop()
 

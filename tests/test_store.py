@@ -23,6 +23,7 @@ import torch
 
 from lmcache_plugin.format import HEADER_SIZE, CorruptEntryError, EntryHeader, checksum_of, pack_header
 from lmcache_plugin.layout import Layout, metadata_path
+from lmcache_plugin.snapshot import SNAPSHOT_DIR
 from lmcache_plugin.store import EntryGoneError, KVStore, StoreOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +63,9 @@ def as_stored(header: EntryHeader, key_text: str, data: bytes) -> EntryHeader:
 
 
 def files_under(root) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
+    """The entry files under `root` (the index snapshot, a hint about them, left out)."""
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*")
+                  if p.is_file() and SNAPSHOT_DIR not in p.relative_to(root).parts)
 
 
 # -- round trips --------------------------------------------------------------------------------

@@ -1,0 +1,201 @@
+"""Index snapshots: what the index held for one path, saved so that a restart serves at once.
+
+A large cache's start-up scan lists tens of thousands of fan-out directories, and a cold listing
+costs about a second per 100,000 entries. A snapshot is one file per path,
+`<path>/.pygds-index/entries` (`entries-weka1` for the ".weka1" suffix), holding every entry the
+index had there: its fan-out directory, stem, `.metadata` flag and, where known, size. The store
+loads it before the scan starts, so `contains()` answers from the index at once; the scan then
+runs as always and reconciles (`Index.add_snapshot`, `Index.end_scan`).
+
+A snapshot is only a hint, never a record: every read opens the file and checks its header's key,
+length and checksum, so a stale or foreign snapshot can cause a miss or a wasted open, never wrong
+bytes. Its directories must be 1-2 character fan-out names and the scan checks its names as it
+checks listed ones (`Scanner`), so it cannot point outside its path. A snapshot that is truncated, damaged,
+of another version, or written for another path or suffix is ignored (one log line) and the scan
+alone fills the index.
+
+The directory name is longer than two characters, so neither the scan, `pygds cache` nor LMCache
+GdsBackend's scan (which visit 1-2 character directories only) ever looks inside it.
+
+File: a first line `pygds-index-snapshot 1`, a JSON line (base real path, data suffix, counts,
+writer, time), then the zlib-compressed body: one line per directory group,
+`<fan-out dir>\\t<1 if .metadata>\\t<stem>/<stem>/...\\t<size>,<size>,...` (sizes empty when
+unknown, -1 for one unknown size). zlib's own checksum covers the body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Iterable
+
+from .index import Entry, ScannedDir
+from .layout import DATA_SUFFIX, Layout, is_tmp_name
+from .publish import publish_bytes, unlink_quietly
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_DIR = ".pygds-index"
+MAGIC = b"pygds-index-snapshot 1\n"
+_MAX_HEADER = 4096
+_DIR_RE = re.compile(r"[^/\x00]{1,2}(?:/[^/\x00]{1,2})?")
+_TMP_MAX_AGE_S = 3600.0
+
+
+@dataclass
+class Group:
+    """The entries of one fan-out directory that share a `.metadata` flag."""
+
+    directory: str
+    """relative to the path: "12/34", or "-1" for a short hash"""
+    has_metadata: bool
+    stems: list[str]
+    sizes: list[int] | None
+    """bytes on disk per stem (-1: unknown); None when none is known"""
+
+
+def snapshot_path(base: str, data_suffix: str) -> str:
+    """Where the snapshot of `base` for entries named with `data_suffix` lives."""
+    name = "entries" if data_suffix == DATA_SUFFIX else "entries" + data_suffix.replace(".", "-")
+    return os.path.join(base, SNAPSHOT_DIR, name)
+
+
+def groups_of(items: Iterable[tuple[str, Entry | ScannedDir]], base: str) -> list[Group]:
+    """The index's (stem, entry) pairs of `base`, grouped by directory and `.metadata` flag.
+    Names that are not ASCII are left out (the scan finds them)."""
+    cut = len(base) + 1
+    listed: dict[ScannedDir, list[str]] = {}
+    sized: dict[tuple[str, bool], tuple[list[str], list[int]]] = {}
+    for stem, found in items:
+        if found.base != base:
+            continue
+        if type(found) is ScannedDir:
+            stems = listed.get(found)
+            if stems is None:
+                stems = listed[found] = []
+            stems.append(stem)
+            continue
+        directory = os.path.dirname(found.path)
+        group = sized.get((directory, found.has_metadata))
+        if group is None:
+            group = sized[(directory, found.has_metadata)] = ([], [])
+        group[0].append(stem)
+        group[1].append(-1 if found.size is None else found.size)
+    out = [Group(where.directory[cut:], where.has_metadata, stems, None) for where, stems in listed.items()]
+    out += [Group(directory[cut:], meta, stems, sizes) for (directory, meta), (stems, sizes) in sized.items()]
+    return [g for g in out if g.directory.isascii() and _DIR_RE.fullmatch(g.directory) and "/".join(g.stems).isascii()]
+
+
+def write(base: str, layout: Layout, groups: list[Group]) -> bool:
+    """Publish the snapshot of `base` atomically (temporary name, then rename), or remove it when
+    there is nothing to record; False (logged) when the path refuses."""
+    final = snapshot_path(base, layout.data_suffix)
+    count = sum(len(g.stems) for g in groups)
+    try:
+        if not count:
+            unlink_quietly(final)
+            _remove_dir_if_empty(os.path.dirname(final))
+            return True
+        lines = []
+        for g in groups:
+            sizes = "" if g.sizes is None else ",".join(map(str, g.sizes))
+            lines.append(f"{g.directory}\t{int(g.has_metadata)}\t{'/'.join(g.stems)}\t{sizes}")
+        raw = "\n".join(lines).encode("ascii")
+        body = zlib.compress(raw, 1)
+        meta = {"base": os.path.realpath(base), "suffix": layout.data_suffix, "entries": count,
+                "groups": len(groups), "raw_bytes": len(raw), "body_bytes": len(body),
+                "host": socket.gethostname(), "pid": os.getpid(), "written": time.time()}
+        _sweep_tmp(os.path.dirname(final))
+        publish_bytes(final, MAGIC + json.dumps(meta).encode() + b"\n" + body, make_dirs=True)
+    except OSError as exc:
+        logger.info("cannot write the index snapshot %s: %s; the next start scans instead", final, exc)
+        return False
+    logger.debug("wrote the index snapshot %s: %d entries", final, count)
+    return True
+
+
+def read(base: str, layout: Layout) -> list[Group] | None:
+    """The groups of the snapshot of `base`; None when there is none or it cannot be used (why is
+    logged: a snapshot is a hint, the scan fills the index anyway)."""
+    path = snapshot_path(base, layout.data_suffix)
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        logger.info("cannot read the index snapshot %s: %s; scanning instead", path, exc)
+        return None
+    try:
+        return _parse(blob, base, layout)
+    except (ValueError, KeyError, TypeError, zlib.error) as exc:
+        logger.warning("ignoring the index snapshot %s: %s; scanning instead (the next close "
+                       "writes a new one)", path, exc)
+        return None
+
+
+def _parse(blob: bytes, base: str, layout: Layout) -> list[Group]:
+    if not blob.startswith(MAGIC):
+        raise ValueError("not a snapshot of this version")
+    end = blob.find(b"\n", len(MAGIC), len(MAGIC) + _MAX_HEADER)
+    if end < 0:
+        raise ValueError("no header line")
+    meta = json.loads(blob[len(MAGIC):end])
+    if meta["base"] != os.path.realpath(base):
+        raise ValueError(f"written for {meta['base']!r}, not this path (copied or moved here)")
+    if meta["suffix"] != layout.data_suffix:
+        raise ValueError(f"written for data suffix {meta['suffix']!r}, not {layout.data_suffix!r}")
+    body = blob[end + 1:]
+    if len(body) != meta["body_bytes"]:
+        raise ValueError(f"{len(body)} body bytes instead of {meta['body_bytes']} (truncated)")
+    unzip = zlib.decompressobj()
+    raw = unzip.decompress(body, meta["raw_bytes"] + 1)
+    if len(raw) != meta["raw_bytes"] or not unzip.eof or unzip.unused_data:
+        raise ValueError("the body does not match its recorded length")
+    groups = [_group(line, layout) for line in raw.decode("ascii").split("\n")]
+    if sum(len(g.stems) for g in groups) != meta["entries"]:
+        raise ValueError("the entry count does not match the header")
+    return groups
+
+
+def _group(line: str, layout: Layout) -> Group:
+    directory, meta, stems_text, sizes_text = line.split("\t")
+    if not _DIR_RE.fullmatch(directory) or any(p in (".", "..") for p in directory.split("/")):
+        raise ValueError(f"{directory!r} is no fan-out directory")
+    if meta not in ("0", "1"):
+        raise ValueError(f"metadata flag {meta!r}")
+    stems = stems_text.split("/")
+    sizes = list(map(int, sizes_text.split(","))) if sizes_text else None
+    if sizes is not None and len(sizes) != len(stems):
+        raise ValueError(f"{len(sizes)} sizes for {len(stems)} names in {directory!r}")
+    return Group(directory, meta == "1", stems, sizes)
+
+
+def _sweep_tmp(directory: str) -> None:
+    """Remove temporary files a crashed writer left (older than an hour)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        if is_tmp_name(name):
+            path = os.path.join(directory, name)
+            try:
+                if now - os.lstat(path).st_mtime > _TMP_MAX_AGE_S:
+                    os.unlink(path)
+            except OSError:
+                pass
+
+
+def _remove_dir_if_empty(directory: str) -> None:
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass

@@ -1,0 +1,253 @@
+"""Index snapshots: a restart indexes what the last close saw at once, the scan confirms it, and
+no snapshot, however stale, damaged or foreign, makes a read return wrong bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from benchmarks.bench_scan import lmcache_scanner
+from lmcache_plugin import snapshot
+from lmcache_plugin.commands.cache import scan as cache_scan
+from lmcache_plugin.format import HEADER_SIZE, EntryHeader
+from lmcache_plugin.index import Index
+from lmcache_plugin.layout import Layout, metadata_path
+from lmcache_plugin.scan import Scanner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def key(i: int) -> tuple[str, int]:
+    chunk_hash = i * 7919 + 123457
+    return f"org/model@1@0@{chunk_hash:x}@bfloat16", chunk_hash
+
+
+def payload(i: int, n: int = 100) -> bytes:
+    return bytes((i + j) % 251 for j in range(n))
+
+
+def u8(n: int) -> EntryHeader:
+    return EntryHeader.single((n,), "U8", 1)
+
+
+def fill(stores, paths, count: int, **kw) -> None:
+    """`count` entries written by a store that is then closed (its close writes the snapshots)."""
+    store = stores(paths, **kw)
+    assert store.wait_for_scan(30)
+    for i in range(count):
+        assert store.put(*key(i), payload(i), u8(100))
+    store.close()
+
+
+def loaded(paths, **kw) -> tuple[Index, Scanner]:
+    """A fresh index with the snapshots loaded and the scan not yet run."""
+    index = Index()
+    scanner = Scanner(Layout(paths), index, **kw)
+    index.begin_scan()
+    scanner.load_snapshots()
+    return index, scanner
+
+
+def stem(i: int) -> str:
+    return Layout("/x").stem(key(i)[0])
+
+
+def data_file(base, i: int) -> str:
+    return Layout(str(base)).data_path(str(base), *key(i))
+
+
+def test_a_restart_indexes_the_snapshot_at_once_and_the_scan_confirms_it(tmp_path, stores):
+    paths = [str(tmp_path / "a"), str(tmp_path / "b")]
+    fill(stores, paths, 30)
+    assert os.path.isfile(snapshot.snapshot_path(paths[0], Layout(paths).data_suffix))
+    assert not os.path.exists(os.path.join(paths[1], snapshot.SNAPSHOT_DIR))  # nothing there to record
+    index, scanner = loaded(paths)
+    assert scanner.stats.snapshot_entries == 30 and all(index.has(stem(i)) for i in range(30))
+    scanner.run()
+    assert scanner.stats.entries == 30 and scanner.stats.snapshot_dropped == 0 and len(index) == 30
+    store = stores(paths)
+    buf = bytearray(100)
+    assert all(store.contains(*key(i)) for i in range(30))
+    assert all(store.get_into(*key(i), buf) and buf == payload(i) for i in range(30))
+
+
+def test_entries_gone_or_swapped_since_the_snapshot_miss_and_are_never_served(tmp_path, stores):
+    base = tmp_path / "a"
+    fill(stores, [str(base)], 10)
+    os.unlink(metadata_path(data_file(base, 1)))  # removed by another process after the close
+    os.unlink(data_file(base, 1))
+    shutil.copyfile(data_file(base, 3), data_file(base, 2))  # entry 2's name now holds entry 3
+    index, scanner = loaded([str(base)])
+    assert index.has(stem(1)) and index.has(stem(2))  # the snapshot still names both
+    scanner.run()
+    assert not index.has(stem(1)) and scanner.stats.snapshot_dropped == 1
+    store = stores([str(base)])
+    buf = bytearray(100)
+    assert not store.get_into(*key(1), buf)
+    assert not store.get_into(*key(2), buf) and buf != payload(3)  # the header names another key
+    assert store.wait_for_scan(30) and not store.contains(*key(1))
+    assert store.get_into(*key(3), buf) and buf == payload(3)
+
+
+def test_an_entry_the_snapshot_puts_elsewhere_takes_the_place_the_scan_lists(tmp_path, stores):
+    a, b = tmp_path / "a", tmp_path / "b"
+    fill(stores, [str(a), str(b)], 3)
+    moved = data_file(b, 0)
+    os.makedirs(os.path.dirname(moved))
+    for src, dst in ((data_file(a, 0), moved), (metadata_path(data_file(a, 0)), metadata_path(moved))):
+        os.rename(src, dst)
+    index, scanner = loaded([str(a), str(b)])
+    scanner.run()
+    assert index.get(stem(0)).path == moved
+    store = stores([str(a), str(b)])
+    buf = bytearray(100)
+    assert store.get_into(*key(0), buf) and buf == payload(0)
+
+
+def test_an_incomplete_scan_keeps_what_the_snapshot_named_and_a_put_keeps_its_entry(tmp_path, stores):
+    base = tmp_path / "a"
+    fill(stores, [str(base)], 4)
+    for i in range(4):  # every file removed after the close
+        os.unlink(metadata_path(data_file(base, i)))
+        os.unlink(data_file(base, i))
+    index, scanner = loaded([str(base)])
+    scanner.stop()  # stopped before listing anything: it cannot tell what is gone
+    scanner.run()
+    assert len(index) == 4 and scanner.stats.snapshot_dropped == 0
+    index, scanner = loaded([str(base)])
+    index.add(index.get(stem(0)), replace=True)  # a put while the scan runs is no snapshot's word
+    scanner.run()
+    assert [e.stem for e in index.snapshot()] == [stem(0)] and scanner.stats.snapshot_dropped == 3
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "flipped", "other version", "empty"])
+def test_a_damaged_snapshot_is_ignored_and_the_scan_alone_fills_the_index(tmp_path, stores, caplog, damage):
+    base = tmp_path / "a"
+    fill(stores, [str(base)], 20)
+    path = snapshot.snapshot_path(str(base), Layout(str(base)).data_suffix)
+    blob = open(path, "rb").read()
+    blob = {"truncated": blob[:-7], "garbage": os.urandom(len(blob)), "empty": b"",
+            "flipped": blob[:-20] + bytes([blob[-20] ^ 0x10]) + blob[-19:],
+            "other version": blob.replace(b"snapshot 1", b"snapshot 9", 1)}[damage]
+    open(path, "wb").write(blob)
+    with caplog.at_level(logging.WARNING, logger="lmcache_plugin.snapshot"):
+        index, scanner = loaded([str(base)])
+    assert scanner.stats.snapshot_entries == 0 and len(index) == 0
+    assert "ignoring the index snapshot" in caplog.text
+    scanner.run()
+    assert len(index) == 20
+
+
+def test_a_snapshot_copied_from_another_path_is_ignored(tmp_path, stores, caplog):
+    a, b = tmp_path / "a", tmp_path / "b"
+    fill(stores, [str(a)], 5)
+    os.makedirs(b / snapshot.SNAPSHOT_DIR)
+    suffix = Layout(str(a)).data_suffix
+    shutil.copyfile(snapshot.snapshot_path(str(a), suffix), snapshot.snapshot_path(str(b), suffix))
+    with caplog.at_level(logging.WARNING, logger="lmcache_plugin.snapshot"):
+        index, scanner = loaded([str(b)])
+    assert len(index) == 0 and f"written for {os.path.realpath(a)!r}" in caplog.text
+    store = stores([str(b)])
+    assert not any(store.contains(*key(i)) for i in range(5))
+
+
+def test_a_snapshot_cannot_name_a_file_outside_its_fan_out_directories(tmp_path):
+    base = str(tmp_path / "a")
+    layout = Layout(base)
+    good = layout.stem(key(0)[0])
+    assert snapshot.write(base, layout, [snapshot.Group("..", True, [good], None)])
+    assert snapshot.read(base, layout) is None
+    assert snapshot.write(base, layout, [snapshot.Group("12/34", True, [good, "not a name", "A%41"], None)])
+    index, scanner = loaded([base])
+    assert scanner.stats.snapshot_entries == 1 and index.has(good)  # foreign names left out
+
+
+def test_capacity_counts_snapshot_entries_with_their_sizes_and_the_scan_corrects_them(tmp_path, stores):
+    base = tmp_path / "a"
+    fill(stores, [str(base)], 6, capacity_bytes=10**9)
+    size = 100 + 2 * HEADER_SIZE
+    index, scanner = loaded([str(base)], stat_bases=[str(base)])
+    assert index.used_bytes(str(base)) == 6 * size  # counted before the scan
+    with open(data_file(base, 0), "ab") as f:  # changed since the snapshot: the scan's size wins
+        f.write(b"x" * 50)
+    scanner.run()
+    assert index.used_bytes(str(base)) == 6 * size + 50 and len(index) == 6
+
+
+def test_a_snapshot_without_sizes_never_feeds_a_capacity_bound(tmp_path, stores):
+    """Eviction frees entries until their sizes add up: unsized ones would all go at once."""
+    base = tmp_path / "a"
+    fill(stores, [str(base)], 6)  # unbounded: a restart's scan knows no sizes
+    store = stores([str(base)])
+    assert store.wait_for_scan(30)
+    store.close()  # this snapshot names the entries without sizes
+    index, scanner = loaded([str(base)], stat_bases=[str(base)])
+    assert len(index) == 0
+    bounded = stores([str(base)], capacity_bytes=7 * (100 + 2 * HEADER_SIZE))
+    assert bounded.wait_for_scan(30)
+    assert bounded.put(*key(50), payload(50), u8(100))
+    assert bounded.put(*key(51), payload(51), u8(100))  # one old entry evicted, not all six
+    assert sum(bounded.contains(*key(i)) for i in range(6)) == 5
+
+
+def test_pygds_cache_and_lmcache_gds_backend_ignore_the_snapshot(tmp_path, stores):
+    base = tmp_path / "a"
+    fill(stores, [str(base)], 5)
+    assert os.path.isdir(base / snapshot.SNAPSHOT_DIR)
+    listed = cache_scan([str(base)])
+    assert len(listed.entries) == 5 and listed.unknown == [] and listed.temps == []
+    backend = lmcache_scanner([str(base)])
+    asyncio.run(backend._scan_metadata())
+    assert len(backend.hot_cache) == 5
+
+
+def test_the_snapshot_goes_when_the_path_is_emptied(tmp_path, stores):
+    base = tmp_path / "a"
+    fill(stores, [str(base)], 3)
+    store = stores([str(base)])
+    assert all(store.remove(*key(i)) for i in range(3))
+    store.close()
+    assert [p for p in base.rglob("*") if p.is_file()] == []
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    from lmcache_plugin.format import EntryHeader
+    from lmcache_plugin.store import KVStore, StoreOptions
+    first = int(sys.argv[1])
+    for round_ in range(8):
+        store = KVStore(StoreOptions(paths={paths!r}, engine="posix", device_id=first // 1000))
+        for i in range(first + round_ * 5, first + round_ * 5 + 5):
+            h = i * 7919 + 123457
+            store.put(f"org/model@1@0@{{h:x}}@bfloat16", h, bytes(100), EntryHeader.single((100,), "U8", 1))
+        store.close()
+""")
+
+
+def test_two_processes_writing_snapshots_of_one_path_never_tear_it(tmp_path, stores):
+    paths = [str(tmp_path / "a"), str(tmp_path / "b")]
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER.format(root=ROOT, paths=paths))
+    procs = [subprocess.Popen([sys.executable, str(script), str(first)]) for first in (0, 1000)]
+    layout = Layout(paths)
+    seen = 0
+    while any(p.poll() is None for p in procs):
+        for base in paths:
+            if os.path.exists(snapshot.snapshot_path(base, layout.data_suffix)):
+                assert snapshot.read(base, layout) is not None  # whole, never half written
+                seen += 1
+    assert [p.wait(120) for p in procs] == [0, 0] and seen
+    index, scanner = loaded(paths)
+    scanner.run()
+    assert len(index) == 80  # the last writer's snapshot plus what the scan found
+    store = stores(paths)
+    assert store.wait_for_scan(30)
+    assert all(store.contains(*key(i)) for i in [*range(40), *range(1000, 1040)])
