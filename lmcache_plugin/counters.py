@@ -56,6 +56,10 @@ class StoreStats:
     pending_puts: int
     scan_done: bool
     scan_entries: int
+    scan_snapshot_entries: int
+    """Entries the index snapshots named at start (indexed before the scan confirmed them)."""
+    scan_snapshot_dropped: int
+    """Of those, entries the scan did not find on disk."""
     scan_seconds: float
     scan_stale_tmp_removed: int
     scan_errors: int

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import re
-import secrets
 import urllib.parse
 from typing import Sequence
 
@@ -91,9 +91,16 @@ def is_tmp_name(name: str) -> bool:
     return _TMP_RE.search(name) is not None
 
 
+_tmp_names = random.Random()
+"""Temporary names need to be unlikely to collide, not unpredictable (the exclusive create
+refuses a collision): seeded once from the OS, and again in a forked child, so no put pays for a
+`getrandom` call."""
+os.register_at_fork(after_in_child=_tmp_names.seed)
+
+
 def tmp_path(final: str) -> str:
     """A fresh temporary name next to `final`."""
-    return f"{final}.tmp{secrets.token_hex(4)}"
+    return f"{final}.tmp{_tmp_names.getrandbits(32):08x}"
 
 
 def metadata_path(data_path: str) -> str:

@@ -562,6 +562,8 @@ class KVStore:
             pending_puts=self._claims.pending_count(),
             scan_done=scan.done,
             scan_entries=scan.entries,
+            scan_snapshot_entries=scan.snapshot_entries,
+            scan_snapshot_dropped=scan.snapshot_dropped,
             scan_seconds=scan.seconds,
             scan_stale_tmp_removed=scan.stale_tmp_removed,
             scan_errors=scan.errors,
