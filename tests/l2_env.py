@@ -20,7 +20,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 90.0
-ENV = {"LMCACHE_DISABLE_BANNER": "1", "PYTHONWARNINGS": "ignore", "LMCACHE_TRACK_USAGE": "false"}
+ENV = {"LMCACHE_DISABLE_BANNER": "1", "PYTHONWARNINGS": "ignore", "LMCACHE_TRACK_USAGE": "false",
+       "LMCACHE_LOG_LEVEL": "INFO"}
+"""The servers' environment: INFO, because the tests read INFO lines of the server log (a benchmark
+module imported earlier in the same pytest run lowers the level for its own output)."""
 
 
 def free_port() -> int:
