@@ -17,8 +17,11 @@ Measured, rounds in rotating order, medians reported:
              coroutine driven directly: no event-loop hop in the figure); GdsBackend has none,
              so its `batched_contains` (LMCache's loop over `contains`).
 
-    python benchmarks/bench_lookup.py [--entries N] [--paths P] [--runs R] [--dir D]
+    python benchmarks/bench_lookup.py [--entries N] [--paths P] [--runs R] [--dir D | --keep D]
         [--batch B] [--no-cold] [--json FILE]
+
+`--keep D` generates into D once and reuses it in later runs with the same `--entries` and
+`--paths` (1,000,000 entries take minutes to write); D is left in place.
 """
 
 from __future__ import annotations
@@ -123,13 +126,34 @@ def per_key(fn: Callable[[], object], n: int) -> float:
     return (time.perf_counter() - start) / n * 1e6
 
 
-def run_bench(entries: int, npaths: int, runs: int, directory: str, batch: int, cold: bool) -> dict[str, Any]:
-    root = tempfile.mkdtemp(prefix="bench_lookup.", dir=directory)
+def generate_once(root: str, paths: list[str], entries: int) -> float | None:
+    """Generate into `root` unless a finished generation of the same size is there (then None).
+    The record is written last, so an interrupted generation is redone."""
+    record = os.path.join(root, "generated.json")
+    wanted = {"entries": entries, "paths": len(paths)}
+    try:
+        with open(record) as f:
+            if json.load(f) == wanted:
+                return None
+    except (OSError, ValueError):
+        pass
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+    seconds = generate(paths, entries)
+    with open(record, "w") as f:
+        json.dump(wanted, f)
+    return seconds
+
+
+def run_bench(entries: int, npaths: int, runs: int, directory: str, batch: int, cold: bool,
+              keep: str | None = None) -> dict[str, Any]:
+    root = keep or tempfile.mkdtemp(prefix="bench_lookup.", dir=directory)
     loop = Loop()
     try:
         paths = [os.path.join(root, f"nvme{i}") for i in range(npaths)]
+        os.makedirs(root, exist_ok=True)
         facts = {**machine(root), "bench_dir": root}
-        gen_s = generate(paths, entries)
+        gen_s = generate_once(root, paths, entries) if keep else generate(paths, entries)
         keys = keys_of(entries)
         cold = cold and drop_caches()
         _, backend = serve_ours(paths, keys, loop, wait=True)
@@ -183,7 +207,8 @@ def run_bench(entries: int, npaths: int, runs: int, directory: str, batch: int, 
                            "batched_over_single_ours": med["batched"][OURS] / med["warm"][OURS]}}
     finally:
         loop.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
@@ -211,11 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="measured runs per contender (default 3)")
     p.add_argument("--batch", type=int, default=512, help="keys per batched lookup (default 512: a 128k-token prompt)")
     p.add_argument("--dir", default=tempfile.gettempdir(), help="directory to generate in (default: the temp dir)")
+    p.add_argument("--keep", metavar="D", help="generate into D once and reuse it (left in place)")
     p.add_argument("--no-cold", action="store_true", help="do not drop the page cache before each serve")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    result = run_bench(args.entries, args.paths, args.runs, os.path.abspath(args.dir), args.batch, not args.no_cold)
+    result = run_bench(args.entries, args.paths, args.runs, os.path.abspath(args.dir), args.batch, not args.no_cold,
+                       args.keep and os.path.abspath(args.keep))
     report(result)
     if args.json:
         with open(args.json, "w") as f:

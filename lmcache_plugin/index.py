@@ -128,7 +128,7 @@ class Index:
                         self._scanned[stem] = entry
                         self._account(entry, +1)
                         continue
-                if stem in self._scanned or stem in self._entries or stem in self._tombstones:
+                if self._known(stem):
                     continue
                 self._scanned[stem] = entry
                 self._account(entry, +1)
@@ -139,20 +139,12 @@ class Index:
         """`add_scanned` for stems found by listings, sizes unknown, without an `Entry` each
         (the scan of a large cache is mostly this call)."""
         with self.lock:
+            if listed.items() <= self._scanned.items():  # each indexed where listed: a snapshot's
+                unconfirmed = len(self._unconfirmed)  # (the usual case), checked in C
+                self._unconfirmed.difference_update(listed)
+                return unconfirmed - len(self._unconfirmed)
             confirmed = self._confirm(listed) if self._unconfirmed else 0
-            stems = listed.keys()  # isdisjoint of two views or a set goes over the smaller
-            if not (
-                stems.isdisjoint(self._scanned.keys())
-                and stems.isdisjoint(self._entries.keys())
-                and stems.isdisjoint(self._tombstones)
-            ):
-                listed = {
-                    stem: where
-                    for stem, where in listed.items()
-                    if stem not in self._scanned
-                    and stem not in self._entries
-                    and stem not in self._tombstones
-                }
+            listed = self._unknown(listed)
             self._scanned.update(listed)
             return len(listed) + confirmed
 
@@ -161,16 +153,12 @@ class Index:
         removed stems skipped); returns how many were added."""
         with self.lock:
             before = len(self._scanned)
-            new = {
-                s: w
-                for s, w in listed.items()
-                if s not in self._scanned and s not in self._entries and s not in self._tombstones
-            }
-            self._scanned.update(new)
-            self._unconfirmed.update(new)
+            listed = self._unknown(listed)
+            self._scanned.update(listed)  # into an empty dict (a start's): a copy
+            self._unconfirmed.update(listed)
             for entry in sized:
                 stem = entry.stem
-                if stem in self._scanned or stem in self._entries or stem in self._tombstones:
+                if self._known(stem):
                     continue
                 self._scanned[stem] = entry
                 self._account(entry, +1)
@@ -292,6 +280,23 @@ class Index:
         made: a snapshot of a large index is mostly these)."""
         with self.lock:
             return [*self._scanned.items(), *self._entries.items()]
+
+    def _unknown(self, listed: dict[str, ScannedDir]) -> dict[str, ScannedDir]:
+        """The part of `listed` neither indexed nor removed. A listing is usually all new (a scan
+        without a snapshot) or all indexed (one confirming a snapshot): C-speed view checks
+        find those two cases without a step per stem."""
+        stems = listed.keys()
+        if stems <= self._scanned.keys():
+            return {}
+        if stems.isdisjoint(self._scanned.keys()) and stems.isdisjoint(self._entries.keys()) and stems.isdisjoint(
+            self._tombstones
+        ):  # isdisjoint of two views or a view and a set goes over the smaller
+            return listed
+        return {stem: where for stem, where in listed.items() if not self._known(stem)}
+
+    def _known(self, stem: str) -> bool:
+        """Indexed or removed while the scan runs."""
+        return stem in self._scanned or stem in self._entries or stem in self._tombstones
 
     def _promote(self, stem: str) -> Entry | None:
         """The entry for `stem`, made most recently used (a scanned one moves to `_entries`)."""

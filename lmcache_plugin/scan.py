@@ -26,7 +26,7 @@ import string
 import threading
 import time
 from dataclasses import dataclass, field
-from itertools import zip_longest
+from itertools import compress, zip_longest
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from . import snapshot
@@ -274,10 +274,18 @@ class Scanner:
         start = time.perf_counter()
         added = 0
         try:
+            stems: list[str] = []
+            places: list[ScannedDir] = []
+            sized: list[Entry] = []
             for base in self.layout.unique_paths:
-                groups = snapshot.read(base, self.layout)
-                if groups is not None:
-                    added += self._add_snapshot(base, groups)
+                snap = snapshot.read(base, self.layout)
+                if snap is not None and base in self.stat_bases:
+                    sized += self._sized_entries(base, snap)
+                elif snap is not None:
+                    self._add_listed_names(base, snap, stems, places)
+            # One dict of every path's names (a name two snapshots hold takes the later place,
+            # until the scan lists it).
+            added = self.index.add_snapshot(dict(zip(stems, places)), sized)
         except Exception:  # a snapshot is a hint: the scan fills the index anyway
             logger.exception("loading the index snapshots of %s failed", self.layout.unique_paths)
         self.stats.snapshot_entries += added
@@ -287,21 +295,43 @@ class Scanner:
                         added, self.stats.snapshot_seconds)
         return added
 
-    def _add_snapshot(self, base: str, groups: list[snapshot.Group]) -> int:
+    def _add_listed_names(
+        self, base: str, snap: snapshot.Snapshot, stems: list[str], places: list[ScannedDir]
+    ) -> None:
+        """Append the checked names of `snap` to `stems`, each one's `ScannedDir` to `places`.
+        A restart of a large cache waits for this: a few operations per group, and the
+        per-name work in C (one replace and one split, one check of each part of the names)."""
+        names = snap.stems()
+        where: list[ScannedDir] = []
         suffix = self.layout.data_suffix
-        listed: dict[str, ScannedDir] = {}
-        sized: list[Entry] = []
-        for g in groups:
-            stems = g.stems if _plain_stems("/".join(g.stems)) and "" not in g.stems else [
-                stem for stem in g.stems if self.layout.stem_of_data_name(stem + suffix) == stem]
-            directory = os.path.join(base, g.directory)
-            if base not in self.stat_bases:
-                listed.update(dict.fromkeys(stems, ScannedDir(base, directory, suffix, g.has_metadata)))
-            elif g.sizes is not None:
-                size_of = dict(zip(g.stems, g.sizes))
-                sized += [Entry(stem, base, os.path.join(directory, stem + suffix), size_of[stem], g.has_metadata)
-                          for stem in stems if size_of[stem] >= 0]
-        return self.index.add_snapshot(listed, sized)
+        prefix = os.path.join(base, "")  # + a relative directory: os.path.join's path
+        for directory, meta, count in zip(snap.directories, snap.has_metadata, snap.counts):
+            where += [ScannedDir(base, prefix + directory, suffix, meta)] * count
+        if "" in names or not all(map(_plain_stems, (snap.prefix, snap.middles, snap.suffix))):
+            named = list(map(self._named, names))
+            names, where = list(compress(names, named)), list(compress(where, named))
+        stems += names
+        places += where
+
+    def _sized_entries(self, base: str, snap: snapshot.Snapshot) -> list[Entry]:
+        """The entries of `snap` whose sizes it knows, checked name by name: in a capacity-bounded
+        path, capacity counts each."""
+        names = snap.stems()
+        suffix = self.layout.data_suffix
+        entries: list[Entry] = []
+        first = 0
+        for directory, meta, count, sizes in zip(snap.directories, snap.has_metadata, snap.counts, snap.sizes):
+            if sizes is not None:
+                path = os.path.join(base, directory)
+                entries += [Entry(stem, base, os.path.join(path, stem + suffix), size, meta)
+                            for stem, size in zip(names[first:first + count], sizes)
+                            if size >= 0 and self._named(stem)]
+            first += count
+        return entries
+
+    def _named(self, stem: str) -> bool:
+        """Whether a snapshot's `stem` is one the scan would index if it listed its data file."""
+        return self.layout.stem_of_data_name(stem + self.layout.data_suffix) == stem
 
     def _work(self, todo: queue.SimpleQueue[tuple[str, str]]) -> None:
         """Scan first-level directories until none are left; start another worker each time

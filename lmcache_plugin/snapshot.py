@@ -17,10 +17,12 @@ alone fills the index.
 The directory name is longer than two characters, so neither the scan, `pygds cache` nor LMCache
 GdsBackend's scan (which visit 1-2 character directories only) ever looks inside it.
 
-File: a first line `pygds-index-snapshot 1`, a JSON line (base real path, data suffix, counts,
-writer, time), then the zlib-compressed body: one line per directory group,
-`<fan-out dir>\\t<1 if .metadata>\\t<stem>/<stem>/...\\t<size>,<size>,...` (sizes empty when
-unknown, -1 for one unknown size). zlib's own checksum covers the body.
+File: a first line `pygds-index-snapshot 2`, a JSON line (base real path, data suffix, counts,
+the prefix and suffix every stem shares, writer, time), then the zlib-compressed body: one line
+per directory group, `<fan-out dir>\\t<1 if .metadata>\\t<middle>/<middle>/...\\t<size>,<size>,...`
+(a middle is a stem without the shared prefix and suffix; sizes empty when unknown, -1 for one
+unknown size). zlib's own checksum covers the body. A cache's stems differ mostly in their chunk
+hash (the model name and dtype repeat), so a restart decompresses and checks a fifth of the text.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ from .publish import publish_bytes, unlink_quietly
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_DIR = ".pygds-index"
-MAGIC = b"pygds-index-snapshot 1\n"
+MAGIC = b"pygds-index-snapshot 2\n"
 _MAX_HEADER = 4096
-_DIR_RE = re.compile(r"[^/\x00]{1,2}(?:/[^/\x00]{1,2})?")
+_PART = r"(?:[^/\x00.][^/\x00]?|\.[^/\x00.])"  # 1-2 characters, neither "." nor ".."
+_DIR_RE = re.compile(f"{_PART}(?:/{_PART})?")
 _TMP_MAX_AGE_S = 3600.0
 
 
@@ -96,20 +99,24 @@ def write(base: str, layout: Layout, groups: list[Group]) -> bool:
     """Publish the snapshot of `base` atomically (temporary name, then rename), or remove it when
     there is nothing to record; False (logged) when the path refuses."""
     final = snapshot_path(base, layout.data_suffix)
+    groups = [g for g in groups if g.stems]  # a line names one stem at least
     count = sum(len(g.stems) for g in groups)
     try:
         if not count:
             unlink_quietly(final)
             _remove_dir_if_empty(os.path.dirname(final))
             return True
+        prefix, suffix = _affixes(groups)
         lines = []
         for g in groups:
             sizes = "" if g.sizes is None else ",".join(map(str, g.sizes))
-            lines.append(f"{g.directory}\t{int(g.has_metadata)}\t{'/'.join(g.stems)}\t{sizes}")
+            middles = "/".join(stem[len(prefix):len(stem) - len(suffix)] for stem in g.stems)
+            lines.append(f"{g.directory}\t{int(g.has_metadata)}\t{middles}\t{sizes}")
         raw = "\n".join(lines).encode("ascii")
         body = zlib.compress(raw, 1)
         meta = {"base": os.path.realpath(base), "suffix": layout.data_suffix, "entries": count,
-                "groups": len(groups), "raw_bytes": len(raw), "body_bytes": len(body),
+                "groups": len(groups), "name_prefix": prefix, "name_suffix": suffix,
+                "raw_bytes": len(raw), "body_bytes": len(body),
                 "host": socket.gethostname(), "pid": os.getpid(), "written": time.time()}
         _sweep_tmp(os.path.dirname(final))
         publish_bytes(final, MAGIC + json.dumps(meta).encode() + b"\n" + body, make_dirs=True)
@@ -120,9 +127,46 @@ def write(base: str, layout: Layout, groups: list[Group]) -> bool:
     return True
 
 
-def read(base: str, layout: Layout) -> list[Group] | None:
-    """The groups of the snapshot of `base`; None when there is none or it cannot be used (why is
-    logged: a snapshot is a hint, the scan fills the index anyway)."""
+def _affixes(groups: list[Group]) -> tuple[str, str]:
+    """The prefix and the suffix every stem shares, not overlapping in the shortest one; neither
+    cuts a %XX escape (the scan checks the three parts of a name one by one)."""
+    first = min(min(g.stems) for g in groups)
+    prefix = os.path.commonprefix([first, max(max(g.stems) for g in groups)])
+    cut = prefix.find("%", len(prefix) - 2)  # an escape the prefix would end in
+    if cut >= 0:
+        prefix = prefix[:cut]
+    room = min(min(map(len, g.stems)) for g in groups) - len(prefix)
+    suffix = first[len(first) - room:] if room > 0 else ""
+    for g in groups:
+        for stem in g.stems:
+            while not stem.endswith(suffix):
+                suffix = suffix[1:]
+    return prefix, suffix[suffix.find("%"):] if "%" in suffix else ""
+
+
+@dataclass
+class Snapshot:
+    """A snapshot as read, in columns: per group its directory, `.metadata` flag, name count and
+    sizes; the stems as their shared prefix and suffix and their middles, "/"-joined, group
+    after group. A restart waits for the load: the scan checks and splits these in C."""
+
+    directories: list[str]
+    has_metadata: list[bool]
+    counts: list[int]
+    sizes: list[list[int] | None]
+    prefix: str
+    suffix: str
+    middles: str
+
+    def stems(self) -> list[str]:
+        """Every stem, group after group (one replace and one split)."""
+        between = self.suffix + "/" + self.prefix
+        return (self.prefix + self.middles.replace("/", between) + self.suffix).split("/")
+
+
+def read(base: str, layout: Layout) -> Snapshot | None:
+    """The snapshot of `base`; None when there is none or it cannot be used (why is logged: a
+    snapshot is a hint, the scan fills the index anyway)."""
     path = snapshot_path(base, layout.data_suffix)
     try:
         with open(path, "rb") as f:
@@ -140,7 +184,7 @@ def read(base: str, layout: Layout) -> list[Group] | None:
         return None
 
 
-def _parse(blob: bytes, base: str, layout: Layout) -> list[Group]:
+def _parse(blob: bytes, base: str, layout: Layout) -> Snapshot:
     if not blob.startswith(MAGIC):
         raise ValueError("not a snapshot of this version")
     end = blob.find(b"\n", len(MAGIC), len(MAGIC) + _MAX_HEADER)
@@ -151,30 +195,37 @@ def _parse(blob: bytes, base: str, layout: Layout) -> list[Group]:
         raise ValueError(f"written for {meta['base']!r}, not this path (copied or moved here)")
     if meta["suffix"] != layout.data_suffix:
         raise ValueError(f"written for data suffix {meta['suffix']!r}, not {layout.data_suffix!r}")
-    body = blob[end + 1:]
+    body = memoryview(blob)[end + 1:]
     if len(body) != meta["body_bytes"]:
         raise ValueError(f"{len(body)} body bytes instead of {meta['body_bytes']} (truncated)")
     unzip = zlib.decompressobj()
     raw = unzip.decompress(body, meta["raw_bytes"] + 1)
     if len(raw) != meta["raw_bytes"] or not unzip.eof or unzip.unused_data:
         raise ValueError("the body does not match its recorded length")
-    groups = [_group(line, layout) for line in raw.decode("ascii").split("\n")]
-    if sum(len(g.stems) for g in groups) != meta["entries"]:
+    prefix, suffix = meta["name_prefix"], meta["name_suffix"]
+    if not isinstance(prefix, str) or not isinstance(suffix, str) or "/" in prefix + suffix:
+        raise ValueError("the shared prefix or suffix of the names is no part of a name")
+    snap = Snapshot([], [], [], [], prefix, suffix, "")
+    texts = []
+    for line in raw.decode("ascii").split("\n"):
+        directory, flag, stems_text, sizes_text = line.split("\t")
+        if not _DIR_RE.fullmatch(directory):
+            raise ValueError(f"{directory!r} is no fan-out directory")
+        if flag not in ("0", "1"):
+            raise ValueError(f"metadata flag {flag!r}")
+        count = stems_text.count("/") + 1
+        sizes = list(map(int, sizes_text.split(","))) if sizes_text else None
+        if sizes is not None and len(sizes) != count:
+            raise ValueError(f"{len(sizes)} sizes for {count} names in {directory!r}")
+        snap.directories.append(directory)
+        snap.has_metadata.append(flag == "1")
+        snap.counts.append(count)
+        snap.sizes.append(sizes)
+        texts.append(stems_text)
+    if sum(snap.counts) != meta["entries"]:
         raise ValueError("the entry count does not match the header")
-    return groups
-
-
-def _group(line: str, layout: Layout) -> Group:
-    directory, meta, stems_text, sizes_text = line.split("\t")
-    if not _DIR_RE.fullmatch(directory) or any(p in (".", "..") for p in directory.split("/")):
-        raise ValueError(f"{directory!r} is no fan-out directory")
-    if meta not in ("0", "1"):
-        raise ValueError(f"metadata flag {meta!r}")
-    stems = stems_text.split("/")
-    sizes = list(map(int, sizes_text.split(","))) if sizes_text else None
-    if sizes is not None and len(sizes) != len(stems):
-        raise ValueError(f"{len(sizes)} sizes for {len(stems)} names in {directory!r}")
-    return Group(directory, meta == "1", stems, sizes)
+    snap.middles = "/".join(texts)
+    return snap
 
 
 def _sweep_tmp(directory: str) -> None:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -19,7 +20,7 @@ from lmcache_plugin.commands.cache import scan as cache_scan
 from lmcache_plugin.format import HEADER_SIZE, EntryHeader
 from lmcache_plugin.index import Index
 from lmcache_plugin.layout import Layout, metadata_path
-from lmcache_plugin.scan import Scanner
+from lmcache_plugin.scan import Scanner, _plain_stems
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,7 +136,7 @@ def test_a_damaged_snapshot_is_ignored_and_the_scan_alone_fills_the_index(tmp_pa
     blob = open(path, "rb").read()
     blob = {"truncated": blob[:-7], "garbage": os.urandom(len(blob)), "empty": b"",
             "flipped": blob[:-20] + bytes([blob[-20] ^ 0x10]) + blob[-19:],
-            "other version": blob.replace(b"snapshot 1", b"snapshot 9", 1)}[damage]
+            "other version": blob.replace(snapshot.MAGIC, b"pygds-index-snapshot 9\n", 1)}[damage]
     open(path, "wb").write(blob)
     with caplog.at_level(logging.WARNING, logger="lmcache_plugin.snapshot"):
         index, scanner = loaded([str(base)])
@@ -164,9 +165,28 @@ def test_a_snapshot_cannot_name_a_file_outside_its_fan_out_directories(tmp_path)
     good = layout.stem(key(0)[0])
     assert snapshot.write(base, layout, [snapshot.Group("..", True, [good], None)])
     assert snapshot.read(base, layout) is None
-    assert snapshot.write(base, layout, [snapshot.Group("12/34", True, [good, "not a name", "A%41"], None)])
+    assert snapshot.write(base, layout, [snapshot.Group("12/34", True, [good, "not a name", "A%41", ""], None)])
     index, scanner = loaded([base])
     assert scanner.stats.snapshot_entries == 1 and index.has(good)  # foreign names left out
+
+
+@pytest.mark.parametrize("stems", [
+    ["org%2Fm%401%400%40123%40bfloat16", "org%2Fm%401%400%40124%40bfloat16", "org%2Fm%401%400%40-5%40bfloat16"],
+    ["k%2Cx", "k%2Fx"],  # the common "k%2" would cut an escape
+    ["a%2C", "b%3C"],  # and so would the common "C"
+    ["ab", "abab", "b"],  # nothing shared; a prefix and a suffix must not overlap in "ab"
+    ["only"],
+])
+def test_a_snapshot_gives_back_every_stem_it_was_written_with(tmp_path, stems):
+    """Stems are stored without the prefix and suffix they all share, cut where no %XX escape
+    is split, so that the scan can check the three parts alone."""
+    base = str(tmp_path)
+    layout = Layout(base)
+    assert snapshot.write(base, layout, [snapshot.Group("12/34", True, stems[:1], None),
+                                         snapshot.Group("56", False, stems, None)])
+    snap = snapshot.read(base, layout)
+    assert snap.stems() == stems[:1] + stems and snap.counts == [1, len(stems)]
+    assert all(map(_plain_stems, (snap.prefix, snap.middles, snap.suffix))) == _plain_stems("/".join(stems))
 
 
 def test_capacity_counts_snapshot_entries_with_their_sizes_and_the_scan_corrects_them(tmp_path, stores):
@@ -251,3 +271,59 @@ def test_two_processes_writing_snapshots_of_one_path_never_tear_it(tmp_path, sto
     store = stores(paths)
     assert store.wait_for_scan(30)
     assert all(store.contains(*key(i)) for i in [*range(40), *range(1000, 1040)])
+
+
+def python_steps(fn) -> int:
+    """Bytecodes `fn` runs, in this thread and in the threads it starts."""
+    steps = []
+
+    def trace(frame, event, arg):
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            steps.append(None)
+        return trace
+
+    threading.settrace(trace)
+    sys.settrace(trace)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+        threading.settrace(None)
+    return len(steps)
+
+
+def cache_of(base, per_dir: int) -> None:
+    """`per_dir` entries (names only: the scan and the snapshot never open them) in each of four
+    fan-out directories, and the snapshot naming them."""
+    layout = Layout(str(base))
+    groups = []
+    for d in range(4):
+        directory = base / f"1{d}" / "34"
+        directory.mkdir(parents=True)
+        stems = [layout.stem(f"org/model@1@0@1{d}34{i:05d}@bfloat16") for i in range(per_dir)]
+        for stem in stems:
+            (directory / (stem + layout.data_suffix)).touch()
+            (directory / (stem + layout.data_suffix + ".metadata")).touch()
+        groups.append(snapshot.Group(f"1{d}/34", True, stems, None))
+    assert snapshot.write(str(base), layout, groups)
+
+
+def test_a_restart_loads_and_confirms_a_snapshot_without_a_python_step_per_name(tmp_path):
+    """A restart of a cache of a million entries waits for the load, and its requests compete
+    with the confirming scan: both do their per-name work in C, so 400 more names in the same
+    directories cost fewer than 400 more bytecodes."""
+    steps = {}
+    for per_dir in (20, 120):
+        base = tmp_path / str(per_dir)
+        cache_of(base, per_dir)
+        index = Index()
+        scanner = Scanner(Layout(str(base)), index, threads=1)
+        index.begin_scan()
+        load = python_steps(scanner.load_snapshots)
+        confirm = python_steps(scanner.run)
+        assert len(index) == 4 * per_dir and scanner.stats.entries == 4 * per_dir
+        assert scanner.stats.snapshot_entries == 4 * per_dir and scanner.stats.snapshot_dropped == 0
+        steps[per_dir] = load, confirm
+    assert steps[120][0] - steps[20][0] < 400, steps
+    assert steps[120][1] - steps[20][1] < 400, steps
