@@ -67,11 +67,10 @@ def publish_bytes(final: str, data: bytes, *, fsync: bool = False, make_dirs: bo
 def publish_entry(
     final: str, header_bytes: bytes, view: Any, nbytes: int, open_file: OpenFile, *, fsync: bool,
     metadata: bool = True,
-) -> os.stat_result:
+) -> None:
     """Publish an entry: the data file (header, then `nbytes` of `view` through `open_file`),
     then, with `metadata`, its `.metadata`. All or nothing: a failed `.metadata` removes the data
-    file again. Returns the data file's `fstat` once written, before its rename."""
-    written: list[os.stat_result] = []
+    file again."""
 
     def write(tmp: str) -> None:
         with open_file(tmp, "x", nbytes) as f:
@@ -80,7 +79,6 @@ def publish_entry(
                 f.write(view, nbytes, file_offset=HEADER_SIZE)
             if fsync:
                 f.fsync()
-            written[:] = [os.fstat(f.fd)]
 
     publish(final, write, make_dirs=True)
     if metadata:
@@ -89,7 +87,6 @@ def publish_entry(
         except BaseException:
             unlink_quietly(final)
             raise
-    return written[0]
 
 
 def delete_entry_files(data_path: str) -> tuple[bool, OSError | None]:

@@ -157,10 +157,6 @@ class Reader:
         self._rebuild = rebuild_metadata
         self._verified = VerifiedFiles(entries.layout.unique_paths, enabled=checksum_mode == "auto")
 
-    def written(self, base: str, path: str, st: os.stat_result) -> None:
-        """A put wrote `path` from data it had just hashed (`st`: its `fstat` before the rename)."""
-        self._verified.written(base, path, st)
-
     def load_header(self, entry: Entry) -> EntryHeader | None:
         """Read, validate and cache the header; rebuild a missing `.metadata` from it (in a store
         that writes them)."""
@@ -245,6 +241,9 @@ class Reader:
                     f"destination holds {view.nbytes} bytes but {info.path} has {header.nbytes}; "
                     "allocate it from the header lookup returned"
                 )
+            summed = header.checksum is not None and sums(self._mode, view.kind)
+            verified = self._verified
+            proving = summed and not verified.proved(info.path, st) and verified.pages_clean(f.fd)
             try:
                 got = f.read(view, header.nbytes, file_offset=HEADER_SIZE) if header.nbytes else 0
                 check_complete(got, header)
@@ -255,9 +254,9 @@ class Reader:
             except IO_ERRORS as exc:
                 entries.drop(entry, exc, st, "read_errors")
                 raise CorruptEntryError(f"read failed: {exc}", info.path) from None
-            summed = header.checksum is not None and sums(self._mode, view.kind)
-            after = self._verified.stat_after_read(f.fd) if summed else None
-        if summed and self._verified.holds(info.path, st, after):
+            after = verified.stat_after_read(f.fd) if summed else None
+            proving = proving and verified.pages_clean(f.fd)
+        if summed and verified.holds(info.path, st, after):
             self._counters.bump(checksum_skipped=1)
         elif summed:
             try:
@@ -266,7 +265,8 @@ class Reader:
                 exc = CorruptEntryError(exc.reason, info.path)
                 entries.drop(entry, exc, st, "corrupt")
                 raise exc from None
-            self._verified.verified(info.base, info.path, st, after)
+            if proving:
+                verified.verified(info.base, info.path, st, after)
         entries.index.get(stem, touch=True)
         return header
 

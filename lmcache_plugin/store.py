@@ -246,10 +246,8 @@ class KVStore:
             return False
         entry = None
         try:
-            written = publish_entry(final, header_bytes, view, header.nbytes, self._open, fsync=self.options.fsync,
-                                    metadata=metadata)
-            if header.checksum is not None:  # the data was hashed, then written: the file is proved
-                self._reader.written(self.layout.write_path, final, written)
+            publish_entry(final, header_bytes, view, header.nbytes, self._open, fsync=self.options.fsync,
+                          metadata=metadata)
             entry = Entry(stem=stem, base=self.layout.write_path, path=final, size=need,
                           has_metadata=metadata, header=header, key_text=key_text,
                           digest=header_digest(header_bytes))

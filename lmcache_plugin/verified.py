@@ -2,20 +2,28 @@
 them again (checksum mode "auto"; "always" hashes every read).
 
 A file's bytes change only together with its identity (device, inode, size, mtime, ctime): a swap
-or a new put is a new inode, a truncation a new size, an in-place write a new mtime and ctime, set
-before the data is copied in. A file is proved by a read that verified it, or by the put that
-wrote it from the bytes it had just hashed; a later read of a file with the same identity before
-and after reading skips the hash. Two conditions keep that true:
+or a new put is a new inode, a truncation a new size, a `write` a new mtime and ctime, set before
+the data is copied in, and a store through a shared mapping faults on a clean page, which moves
+them too. A file is proved by a read that hashed it and found it unchanged from before to after
+the read, with every page of it clean before the read and after (`cachestat`): a page dirtied
+through a mapping stays writable without further faults until it is written back, so a dirty
+page means a later store could change the bytes unseen (a read that finds one asks for the
+write-back and proves nothing). A later read of a file with the same identity before and after
+reading skips the hash. A put proves nothing: between its hash and its `fstat` another process
+could have written into the file unseen.
 
-- the kernel's `fstat` is the truth: only on local file systems (`LOCAL_FILE_SYSTEMS`). Network and
-  FUSE file systems can answer from an attribute cache that lags another machine's writes; there
-  every read verifies.
+Three conditions keep that true:
+
+- the kernel's `fstat` is the truth: only on local disk file systems (`LOCAL_FILE_SYSTEMS`).
+  Network and FUSE file systems can answer from an attribute cache that lags another machine's
+  writes, and tmpfs never faults a mapped page for writing (a store through a mapping moves no
+  timestamp); there every read verifies.
 - a later write must show. Where timestamps are fine-grained once read (Linux 6.13 and later on
-  ext4, xfs, btrfs and tmpfs: a write after a `stat` always moves ctime; probed per path at start),
+  ext4, xfs and btrfs: a write after a `stat` always moves ctime; probed per path at start),
   every write after the proof does. Elsewhere timestamps are coarse (a kernel tick, one second on
   ext4 with 128-byte inodes) and a write within the tick of the last change leaves them as they
-  were: a file is remembered only once its last change lies `SETTLE_NS` back, and a put proves
-  nothing.
+  were: a file is remembered only once its last change lies `SETTLE_NS` back.
+- the kernel reports dirty pages (`cachestat`, Linux 6.5 and later); without it nothing is proved.
 
 What this gives up: a medium error that changes bytes on the disk without any write (and that the
 drive's own checks miss) is noticed by the first read of a file in a process, not by later ones.
@@ -23,6 +31,7 @@ drive's own checks miss) is noticed by the first read of a file in a process, no
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import secrets
@@ -34,14 +43,28 @@ from pygds import fsinfo
 
 logger = logging.getLogger(__name__)
 
-LOCAL_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "tmpfs", "ramfs"})
-"""Kernel file systems whose `fstat` always reports the last change (no attribute cache)."""
+LOCAL_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
+"""Kernel disk file systems whose `fstat` always reports the last change (no attribute cache) and
+whose mapped pages fault when first written after a write-back."""
 SETTLE_NS = 2_000_000_000
 """Where timestamps are coarse, how long ago a file's last change must lie for a verification to
 be remembered: more than the coarsest granularity of `LOCAL_FILE_SYSTEMS` (one second)."""
 MAX_REMEMBERED = 1 << 18
 """Proved files remembered per store (about 100 bytes each); the oldest are forgotten first."""
 _PROBES = 16
+_SYS_CACHESTAT = 451
+"""cachestat(2)'s number, the same on every Linux architecture (syscalls from 424 on share one)."""
+_SYNC_FILE_RANGE_WRITE = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _CachestatRange(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _Cachestat(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in
+                ("nr_cache", "nr_dirty", "nr_writeback", "nr_evicted", "nr_recently_evicted")]
 
 
 def identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
@@ -73,36 +96,41 @@ class VerifiedFiles:
         except OSError:
             return None
 
+    def proved(self, path: str, st: os.stat_result) -> bool:
+        """Whether the file at `path`, as `st` shows it, is the very file version proved earlier
+        (a read still checks with `holds` that it stayed so)."""
+        return self._proved.get(path) == hash(identity(st))
+
     def holds(self, path: str, before: os.stat_result, after: os.stat_result | None) -> bool:
         """True when the file at `path`, unchanged from `before` (taken once it was open) to
         `after` (taken after the read), is the very file version proved earlier."""
-        if after is None:
+        return after is not None and identity(before) == identity(after) and self.proved(path, before)
+
+    def pages_clean(self, fd: int) -> bool:
+        """Whether no page of the open file is dirty in the page cache, so that a store through a
+        shared mapping must fault (and move ctime) to change it. A proving read needs this before
+        it reads and again after its `stat_after_read`. Dirty pages are handed to write-back at
+        once, so that a later read can prove the file; False also where nothing can be proved."""
+        if not self._bases:
             return False
-        now = identity(before)
-        return now == identity(after) and self._proved.get(path) == hash(now)
+        counts, whole = _Cachestat(), _CachestatRange(0, 0)
+        if _libc.syscall(ctypes.c_long(_SYS_CACHESTAT), ctypes.c_long(fd), ctypes.byref(whole),
+                         ctypes.byref(counts), ctypes.c_long(0)) != 0:
+            return False  # ENOSYS before Linux 6.5: dirty pages cannot be seen
+        if counts.nr_dirty == 0:
+            return True
+        _libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), ctypes.c_uint(_SYNC_FILE_RANGE_WRITE))
+        return False
 
     def verified(self, base: str, path: str, before: os.stat_result, after: os.stat_result | None) -> None:
-        """A read of `path` (in base path `base`) matched its checksum: remember the file when
-        it stayed unchanged during the read and a later write would show."""
+        """A read of `path` (in base path `base`), with its pages clean before and after
+        (`pages_clean`), matched its checksum: remember the file when it stayed unchanged during
+        the read and a later write would show."""
         facts = self._bases.get(base)
         if facts is None or after is None or facts[0] != before.st_dev or identity(before) != identity(after):
             return
         if time.time_ns() - before.st_ctime_ns >= facts[1]:
             self._remember(path, before)
-
-    def written(self, base: str, path: str, written: os.stat_result) -> None:
-        """A put wrote `path` from bytes it had hashed, `written` being the file's `fstat` after
-        the data went in, before the rename: remember the file now at `path` when it is that same
-        file, unchanged (the rename moved only its ctime), where timestamps are fine-grained."""
-        facts = self._bases.get(base)
-        if facts is None or facts[0] != written.st_dev or facts[1] != 0:
-            return
-        try:
-            st = os.stat(path)
-        except OSError:
-            return
-        if identity(st)[:4] == identity(written)[:4]:
-            self._remember(path, st)
 
     def _remember(self, path: str, st: os.stat_result) -> None:
         with self._lock:

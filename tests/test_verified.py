@@ -2,15 +2,23 @@
 unnoticed.
 
 The store remembers a proved data file by its identity (device, inode, size, mtime, ctime) on
-local file systems only: from its put where a write after a `stat` always moves ctime (Linux 6.13
-and later), else once a read verified it and its last change lies `verified.SETTLE_NS` back. The
-tests use real files, wait where the machine's timestamps need it, change files the ways other
-writers do, and check that the next read hashes (and refuses) what changed.
+local disk file systems only, once a read verified it with every page of it clean before and
+after the read, where a write after a `stat` always moves ctime (Linux 6.13 and later) or its
+last change lies `verified.SETTLE_NS` back. A put proves nothing. The tests use real files and
+real processes, wait where the machine's timestamps need it, change files the ways other writers
+do (`write`, rename, shared mappings, writes into the temporary file of a put), and check that
+the next read hashes (and refuses) what changed.
 """
 
 from __future__ import annotations
 
 import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
 import time
 
 import numpy as np
@@ -44,11 +52,18 @@ def put(store, i: int) -> tuple[str, int, bytes]:
 
 
 def prove(store, k: str, h: int, local_dir: str) -> None:
-    """Make the entry proved: at once where ctime is fine-grained (the put did), else by a read
-    once the file has settled."""
+    """Make the entry proved by a read: once its pages are written back (the put left them dirty)
+    and, where timestamps are coarse, once the file has settled."""
+    fd = os.open(path_of(store, k, h), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     if not fine_grained_ctime(local_dir):
         time.sleep(SETTLE_NS / 1e9 + 0.2)
-        assert read(store, k, h) is not None
+    skipped = store.stats().checksum_skipped
+    assert read(store, k, h) is not None
+    assert store.stats().checksum_skipped == skipped  # this read hashed: it proves the file
 
 
 def read(store, k: str, h: int) -> bytes | None:
@@ -95,11 +110,14 @@ def test_a_file_replaced_by_rename_is_hashed_again(stores, local_dir, tmp_path_f
     assert store.stats().checksum_skipped == skipped
 
 
-def test_with_fine_grained_timestamps_a_put_proves_its_file(stores, local_dir):
+def test_a_put_proves_nothing_and_a_read_proves_once_the_pages_are_written_back(stores, local_dir):
     if not fine_grained_ctime(local_dir):
         pytest.skip("this kernel's timestamps in this file system are coarse (before Linux 6.13)")
     store = stores(local_dir)
     k, h, data = put(store, 3)
+    assert read(store, k, h) == data  # hashed: the put proved nothing, and its pages are dirty
+    assert store.stats().checksum_skipped == 0
+    prove(store, k, h, local_dir)
     for _ in range(3):
         assert read(store, k, h) == data
     assert store.stats().checksum_skipped == 3
@@ -124,19 +142,219 @@ def test_checksum_always_hashes_every_read(stores, local_dir):
     assert store.stats().checksum_skipped == 0
 
 
-def test_a_put_proves_only_the_file_it_wrote(local_dir):
-    """Another file renamed to the entry's name between the put's rename and its look at the
-    name is not taken for the file the put wrote."""
+def test_dirty_pages_prove_nothing_and_are_handed_to_write_back(local_dir, tmp_path_factory):
     files = VerifiedFiles([local_dir])
-    path, other = os.path.join(local_dir, "entry"), os.path.join(local_dir, "other")
-    for name in (path, other):
-        with open(name, "wb") as fh:
-            fh.write(b"x" * 4096)
-    written = os.stat(path)
-    os.rename(other, path)  # what the put wrote is gone; another file holds the name
-    files.written(local_dir, path, written)
-    now = os.stat(path)
-    assert not files.holds(path, now, now)
+    path = os.path.join(local_dir, "dirty")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, b"x" * (1 << 20), 0)
+        clean = files.pages_clean(fd)  # dirty now (unless write-back already ran)
+        deadline = time.monotonic() + 30
+        while not files.pages_clean(fd):  # the first call asked for the write-back: no fsync here
+            assert time.monotonic() < deadline, "dirty pages were not written back"
+            time.sleep(0.01)
+        os.pwrite(fd, b"y", 0)
+        assert not files.pages_clean(fd) or clean  # dirty again
+    finally:
+        os.close(fd)
+    elsewhere = VerifiedFiles([local_dir], enabled=False)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        assert files.pages_clean(fd) and not elsewhere.pages_clean(fd)
+    finally:
+        os.close(fd)
 
-    files.written(local_dir, path, now)  # the file at the name is the one written
-    assert files.holds(path, now, now) == fine_grained_ctime(local_dir)
+
+# -- other writers: shared mappings ----------------------------------------------------------------
+
+_MMAP_WRITER = textwrap.dedent(
+    """
+    import mmap, os, sys
+    path, off, predirty = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+    fd = os.open(path, os.O_RDWR)
+    m = mmap.mmap(fd, 0)
+    if predirty:
+        m[off] = m[off]          # same value: the page is dirty and writable, the bytes unchanged
+        print("dirtied", flush=True)
+        sys.stdin.readline()     # the store reads the file meanwhile
+    m[off] = m[off] ^ 0xFF       # the real change
+    m.flush()                    # msync(MS_SYNC): written back, clean again
+    print("changed", flush=True)
+    sys.stdin.readline()
+    m.close()
+    os.close(fd)
+    """
+)
+
+
+class MmapWriter:
+    """Another process that changes one data byte of a file through a shared mapping."""
+
+    def __init__(self, path: str, predirty: bool) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _MMAP_WRITER, path, str(HEADER_SIZE + 100), "1" if predirty else "0"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+
+    def expect(self, line: str) -> None:
+        assert self.proc.stdout.readline().strip() == line
+
+    def go_on(self) -> None:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.go_on()
+        self.proc.wait(60)
+
+
+@pytest.fixture
+def shm_dir():
+    """A directory on tmpfs (/dev/shm), removed at the end (close its stores first)."""
+    if not os.path.isdir("/dev/shm") or fsinfo.fs_type("/dev/shm") != "tmpfs":
+        pytest.skip("no tmpfs at /dev/shm")
+    base = tempfile.mkdtemp(dir="/dev/shm", prefix="pygds-test-")
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_on_tmpfs_every_read_hashes_so_a_store_through_a_mapping_is_refused(stores, shm_dir):
+    """tmpfs never faults a mapped page for writing: a store through a shared mapping (msync
+    included) moves no timestamp, so nothing there is ever taken as proved."""
+    store = stores(shm_dir)
+    k, h, data = put(store, 6)
+    for _ in range(2):
+        assert read(store, k, h) == data
+    writer = MmapWriter(path_of(store, k, h), predirty=False)
+    try:
+        writer.expect("changed")
+        served = read(store, k, h)
+    finally:
+        writer.close()
+        stats = store.stats()
+        store.close()  # before `shm_dir` is removed: its close writes the snapshot there
+    assert served is None and stats.checksum_skipped == 0 and stats.corrupt == 1
+
+
+def test_a_page_dirtied_through_a_mapping_before_the_read_keeps_the_file_unproved(stores, local_dir):
+    """Another process dirties a page through a mapping (same value) before the read: the page
+    stays writable without a fault, so a later store would move no timestamp. The read finds the
+    dirty page and proves nothing; the change after it is hashed and refused."""
+    if not fine_grained_ctime(local_dir):
+        pytest.skip("this kernel's timestamps in this file system are coarse (before Linux 6.13)")
+    store = stores(local_dir)
+    k, h, data = put(store, 7)
+    prove(store, k, h, local_dir)
+    writer = MmapWriter(path_of(store, k, h), predirty=True)
+    try:
+        writer.expect("dirtied")
+        assert read(store, k, h) == data  # the fault moved ctime: hashed, and not proved again
+        writer.go_on()
+        writer.expect("changed")
+        served = read(store, k, h)
+    finally:
+        writer.close()
+    assert served is None and store.stats().corrupt == 1
+
+
+def test_a_store_through_a_mapping_after_the_proof_is_caught(stores, local_dir):
+    """A proved file's pages are clean: the first store through a new mapping faults and moves
+    ctime, so the next read hashes and refuses the change."""
+    if not fine_grained_ctime(local_dir):
+        pytest.skip("this kernel's timestamps in this file system are coarse (before Linux 6.13)")
+    store = stores(local_dir)
+    k, h, data = put(store, 8)
+    prove(store, k, h, local_dir)
+    writer = MmapWriter(path_of(store, k, h), predirty=False)
+    try:
+        writer.expect("changed")
+        served = read(store, k, h)
+    finally:
+        writer.close()
+    assert served is None and store.stats().corrupt == 1
+
+
+# -- other writers: into the files a put writes -----------------------------------------------------
+
+_WATCHER = textwrap.dedent(
+    """
+    # Watch a fan-out directory; change every data file the store writes, one byte in its data.
+    # "create": in the temporary file, once its data is in, before the put renames it.
+    # "moved": right after the rename to the final name, restoring the mtime (os.utime).
+    import ctypes, os, select, struct, sys
+    directory, header_size, nbytes, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK)
+    assert libc.inotify_add_watch(fd, directory.encode(), 0x100 if mode == "create" else 0x80) >= 0
+    print("ready", flush=True)
+    while True:
+        ready, _, _ = select.select([fd, sys.stdin], [], [], 60)
+        if sys.stdin in ready or not ready:
+            break
+        buf, off = os.read(fd, 65536), 0
+        while off < len(buf):
+            _, _, _, ln = struct.unpack_from("iIII", buf, off)
+            name = buf[off + 16:off + 16 + ln].rstrip(b"\\0").decode()
+            off += 16 + ln
+            wanted = ".kvcache.safetensors.tmp" in name if mode == "create" else name.endswith(".kvcache.safetensors")
+            if not wanted:
+                continue
+            try:
+                f = os.open(os.path.join(directory, name), os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                for _ in range(100000):
+                    if os.fstat(f).st_size >= header_size + nbytes:
+                        break
+                st = os.fstat(f)
+                b = os.pread(f, 1, header_size + 100)
+                os.pwrite(f, bytes([b[0] ^ 0xFF]), header_size + 100)
+                if mode == "moved":
+                    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(f)
+            print("changed", flush=True)
+    """
+)
+
+
+def same_directory_entry(i: int) -> tuple[str, int, bytes]:
+    """Entries whose chunk hashes (12340000 and up) all fan out to directory 12/34."""
+    chunk_hash = 12_340_000 + i
+    return f"org/model@1@0@{chunk_hash:x}@bfloat16", chunk_hash, entry(i)[2]
+
+
+def readline(proc: subprocess.Popen, timeout: float = 30) -> str:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "the other process said nothing"
+    return proc.stdout.readline().strip()
+
+
+@pytest.mark.parametrize("mode", ["create", "moved"])
+def test_a_write_into_a_puts_file_is_never_served(stores, local_dir, mode):
+    """Another process changes every file the puts write: in the temporary file before the
+    rename ("create"), or right after it with the mtime put back ("moved"). The put proves
+    nothing, so every read hashes and refuses the change."""
+    store = stores(local_dir, fsync=True)
+    assert store.wait_for_scan(30)
+    directory = os.path.join(local_dir, "12", "34")
+    os.makedirs(directory)
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", _WATCHER, directory, str(HEADER_SIZE), str(N), mode],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert readline(watcher) == "ready"
+        for i in range(4):
+            k, h, data = same_directory_entry(i)
+            assert store.put(k, h, data, EntryHeader.single((N,), "U8", 1))
+            assert readline(watcher) == "changed"
+            assert read(store, k, h) is None and read(store, k, h) is None
+    finally:
+        watcher.stdin.write("\n")
+        watcher.stdin.flush()
+        watcher.wait(60)
+    assert store.stats().corrupt == 4
