@@ -3,8 +3,9 @@
 The bound (`capacity_bytes`, `capacity_fraction` of the file system) covers the entries this
 store knows in its write path plus the puts reserving room now; a put that would pass it first
 evicts least-recently-used unpinned entries of that path. Entries in other paths belong to the
-workers writing there and are never evicted here. Entries the start-up scan has not reached yet,
-and entries other processes add, count from when this store first sees them.
+workers writing there and are never evicted here. Entries the start-up scan has not reached yet
+(those an index snapshot named included: it records no sizes), and entries other processes add,
+count from when this store first sees them, and only those counted are evicted.
 """
 
 from __future__ import annotations

@@ -120,6 +120,10 @@ class Index:
                 if stem in self._unconfirmed:
                     self._unconfirmed.discard(stem)
                     added += 1
+                    touched = self._entries.get(stem)  # looked up since: its size counts from now
+                    if touched is not None and touched.size is None and touched.path == entry.path:
+                        touched.size = entry.size
+                        self._account(touched, +1)
                     old = self._scanned.get(stem)
                     if old is not None:
                         if isinstance(old, Entry):
@@ -148,21 +152,14 @@ class Index:
             self._scanned.update(listed)
             return len(listed) + confirmed
 
-    def add_snapshot(self, listed: dict[str, ScannedDir], sized: Iterable[Entry]) -> int:
-        """Insert what a snapshot named, as least recently used and unconfirmed (known and
-        removed stems skipped); returns how many were added."""
+    def add_snapshot(self, listed: dict[str, ScannedDir]) -> int:
+        """Insert what a snapshot named, as least recently used, unconfirmed and of unknown size
+        (known and removed stems skipped); returns how many were added."""
         with self.lock:
             before = len(self._scanned)
             listed = self._unknown(listed)
             self._scanned.update(listed)  # into an empty dict (a start's): a copy
             self._unconfirmed.update(listed)
-            for entry in sized:
-                stem = entry.stem
-                if self._known(stem):
-                    continue
-                self._scanned[stem] = entry
-                self._account(entry, +1)
-                self._unconfirmed.add(stem)
             return len(self._scanned) - before
 
     def _confirm(self, listed: dict[str, ScannedDir]) -> int:
@@ -226,7 +223,9 @@ class Index:
             return self._used.get(base, 0)
 
     def take_lru(self, base: str, nbytes: int, skip: set[str]) -> list[Entry]:
-        """Pop least recently used unpinned entries of `base` until `nbytes` are freed.
+        """Pop least recently used unpinned entries of `base` of known size until `nbytes` are
+        freed. An entry of unknown size (a snapshot's, until the scan lists it) is not counted
+        toward capacity, so it is not taken either.
 
         Returns the popped entries (possibly freeing less than asked when too few are left).
         """
@@ -236,12 +235,9 @@ class Index:
             for stem, found in chain(self._scanned.items(), self._entries.items()):
                 if freed >= nbytes:
                     break
-                if found.base != base or stem in skip:
+                if found.base != base or stem in skip or type(found) is not Entry or not found.size or found.pins > 0:
                     continue
-                if isinstance(found, Entry):
-                    if found.pins > 0:
-                        continue
-                    freed += found.size or 0
+                freed += found.size
                 stems.append(stem)
             return [entry for entry in map(self.pop, stems) if entry is not None]
 

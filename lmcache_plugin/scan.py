@@ -145,8 +145,8 @@ class Scanner:
     """Scans every configured path in a background thread and feeds the index.
 
     `stat_bases` are the paths whose entries are stat'ed for their size (the capacity-bounded
-    write path); elsewhere sizes stay unknown until an entry is read. There a snapshot's entry is
-    loaded only with its size, so capacity counts it, and the scan's own size replaces it.
+    write path); elsewhere, and for a snapshot's entries until the scan lists them, sizes stay
+    unknown until an entry is read.
 
     With `snapshots`, each path's snapshot is loaded before the scan and written after it (when
     it was out of date) and by `save`.
@@ -276,16 +276,13 @@ class Scanner:
         try:
             stems: list[str] = []
             places: list[ScannedDir] = []
-            sized: list[Entry] = []
             for base in self.layout.unique_paths:
                 snap = snapshot.read(base, self.layout)
-                if snap is not None and base in self.stat_bases:
-                    sized += self._sized_entries(base, snap)
-                elif snap is not None:
+                if snap is not None:
                     self._add_listed_names(base, snap, stems, places)
             # One dict of every path's names (a name two snapshots hold takes the later place,
             # until the scan lists it).
-            added = self.index.add_snapshot(dict(zip(stems, places)), sized)
+            added = self.index.add_snapshot(dict(zip(stems, places)))
         except Exception:  # a snapshot is a hint: the scan fills the index anyway
             logger.exception("loading the index snapshots of %s failed", self.layout.unique_paths)
         self.stats.snapshot_entries += added
@@ -312,22 +309,6 @@ class Scanner:
             names, where = list(compress(names, named)), list(compress(where, named))
         stems += names
         places += where
-
-    def _sized_entries(self, base: str, snap: snapshot.Snapshot) -> list[Entry]:
-        """The entries of `snap` whose sizes it knows, checked name by name: in a capacity-bounded
-        path, capacity counts each."""
-        names = snap.stems()
-        suffix = self.layout.data_suffix
-        entries: list[Entry] = []
-        first = 0
-        for directory, meta, count, sizes in zip(snap.directories, snap.has_metadata, snap.counts, snap.sizes):
-            if sizes is not None:
-                path = os.path.join(base, directory)
-                entries += [Entry(stem, base, os.path.join(path, stem + suffix), size, meta)
-                            for stem, size in zip(names[first:first + count], sizes)
-                            if size >= 0 and self._named(stem)]
-            first += count
-        return entries
 
     def _named(self, stem: str) -> bool:
         """Whether a snapshot's `stem` is one the scan would index if it listed its data file."""

@@ -3,9 +3,11 @@
 A large cache's start-up scan lists tens of thousands of fan-out directories, and a cold listing
 costs about a second per 100,000 entries. A snapshot is one file per path,
 `<path>/.pygds-index/entries` (`entries-weka1` for the ".weka1" suffix), holding every entry the
-index had there: its fan-out directory, stem, `.metadata` flag and, where known, size. The store
-loads it before the scan starts, so `contains()` answers from the index at once; the scan then
-runs as always and reconciles (`Index.add_snapshot`, `Index.end_scan`).
+index had there: its fan-out directory, stem and `.metadata` flag. The store loads it before the
+scan starts, so `contains()` answers from the index at once; the scan then runs as always and
+reconciles (`Index.add_snapshot`, `Index.end_scan`). Sizes are not recorded: until the scan has
+seen an entry, capacity neither counts nor evicts it, so a stale snapshot cannot make a put evict
+live entries.
 
 A snapshot is only a hint, never a record: every read opens the file and checks its header's key,
 length and checksum, so a stale or foreign snapshot can cause a miss or a wasted open, never wrong
@@ -17,11 +19,11 @@ alone fills the index.
 The directory name is longer than two characters, so neither the scan, `pygds cache` nor LMCache
 GdsBackend's scan (which visit 1-2 character directories only) ever looks inside it.
 
-File: a first line `pygds-index-snapshot 2`, a JSON line (base real path, data suffix, counts,
+File: a first line `pygds-index-snapshot 3`, a JSON line (base real path, data suffix, counts,
 the prefix and suffix every stem shares, writer, time), then the zlib-compressed body: one line
-per directory group, `<fan-out dir>\\t<1 if .metadata>\\t<middle>/<middle>/...\\t<size>,<size>,...`
-(a middle is a stem without the shared prefix and suffix; sizes empty when unknown, -1 for one
-unknown size). zlib's own checksum covers the body. A cache's stems differ mostly in their chunk
+per directory group, `<fan-out dir>\\t<1 if .metadata>\\t<middle>/<middle>/...` (a middle is a
+stem without the shared prefix and suffix), at most `MAX_BODY_BYTES` once decompressed. zlib's
+own checksum covers the body. A cache's stems differ mostly in their chunk
 hash (the model name and dtype repeat), so a restart decompresses and checks a fifth of the text.
 """
 
@@ -44,11 +46,14 @@ from .publish import publish_bytes, unlink_quietly
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_DIR = ".pygds-index"
-MAGIC = b"pygds-index-snapshot 2\n"
+MAGIC = b"pygds-index-snapshot 3\n"
 _MAX_HEADER = 4096
 _PART = r"(?:[^/\x00.][^/\x00]?|\.[^/\x00.])"  # 1-2 characters, neither "." nor ".."
 _DIR_RE = re.compile(f"{_PART}(?:/{_PART})?")
 _TMP_MAX_AGE_S = 3600.0
+MAX_BODY_BYTES = 1 << 29
+"""The most a snapshot's body may decompress to (about 30 million names of a usual cache): a
+crafted header cannot make a restart decompress gigabytes."""
 
 
 @dataclass
@@ -59,8 +64,6 @@ class Group:
     """relative to the path: "12/34", or "-1" for a short hash"""
     has_metadata: bool
     stems: list[str]
-    sizes: list[int] | None
-    """bytes on disk per stem (-1: unknown); None when none is known"""
 
 
 def snapshot_path(base: str, data_suffix: str) -> str:
@@ -73,25 +76,16 @@ def groups_of(items: Iterable[tuple[str, Entry | ScannedDir]], base: str) -> lis
     """The index's (stem, entry) pairs of `base`, grouped by directory and `.metadata` flag.
     Names that are not ASCII are left out (the scan finds them)."""
     cut = len(base) + 1
-    listed: dict[ScannedDir, list[str]] = {}
-    sized: dict[tuple[str, bool], tuple[list[str], list[int]]] = {}
+    listed: dict[tuple[str, bool], list[str]] = {}
     for stem, found in items:
         if found.base != base:
             continue
-        if type(found) is ScannedDir:
-            stems = listed.get(found)
-            if stems is None:
-                stems = listed[found] = []
-            stems.append(stem)
-            continue
-        directory = os.path.dirname(found.path)
-        group = sized.get((directory, found.has_metadata))
-        if group is None:
-            group = sized[(directory, found.has_metadata)] = ([], [])
-        group[0].append(stem)
-        group[1].append(-1 if found.size is None else found.size)
-    out = [Group(where.directory[cut:], where.has_metadata, stems, None) for where, stems in listed.items()]
-    out += [Group(directory[cut:], meta, stems, sizes) for (directory, meta), (stems, sizes) in sized.items()]
+        where = (found.directory if type(found) is ScannedDir else os.path.dirname(found.path), found.has_metadata)
+        stems = listed.get(where)
+        if stems is None:
+            stems = listed[where] = []
+        stems.append(stem)
+    out = [Group(directory[cut:], meta, stems) for (directory, meta), stems in listed.items()]
     return [g for g in out if g.directory.isascii() and _DIR_RE.fullmatch(g.directory) and "/".join(g.stems).isascii()]
 
 
@@ -109,9 +103,8 @@ def write(base: str, layout: Layout, groups: list[Group]) -> bool:
         prefix, suffix = _affixes(groups)
         lines = []
         for g in groups:
-            sizes = "" if g.sizes is None else ",".join(map(str, g.sizes))
             middles = "/".join(stem[len(prefix):len(stem) - len(suffix)] for stem in g.stems)
-            lines.append(f"{g.directory}\t{int(g.has_metadata)}\t{middles}\t{sizes}")
+            lines.append(f"{g.directory}\t{int(g.has_metadata)}\t{middles}")
         raw = "\n".join(lines).encode("ascii")
         body = zlib.compress(raw, 1)
         meta = {"base": os.path.realpath(base), "suffix": layout.data_suffix, "entries": count,
@@ -146,14 +139,13 @@ def _affixes(groups: list[Group]) -> tuple[str, str]:
 
 @dataclass
 class Snapshot:
-    """A snapshot as read, in columns: per group its directory, `.metadata` flag, name count and
-    sizes; the stems as their shared prefix and suffix and their middles, "/"-joined, group
+    """A snapshot as read, in columns: per group its directory, `.metadata` flag and name count;
+    the stems as their shared prefix and suffix and their middles, "/"-joined, group
     after group. A restart waits for the load: the scan checks and splits these in C."""
 
     directories: list[str]
     has_metadata: list[bool]
     counts: list[int]
-    sizes: list[list[int] | None]
     prefix: str
     suffix: str
     middles: str
@@ -198,29 +190,27 @@ def _parse(blob: bytes, base: str, layout: Layout) -> Snapshot:
     body = memoryview(blob)[end + 1:]
     if len(body) != meta["body_bytes"]:
         raise ValueError(f"{len(body)} body bytes instead of {meta['body_bytes']} (truncated)")
+    raw_bytes = meta["raw_bytes"]
+    if type(raw_bytes) is not int or not 0 < raw_bytes <= MAX_BODY_BYTES:
+        raise ValueError(f"a body of {raw_bytes!r} bytes claimed (at most {MAX_BODY_BYTES})")
     unzip = zlib.decompressobj()
-    raw = unzip.decompress(body, meta["raw_bytes"] + 1)
-    if len(raw) != meta["raw_bytes"] or not unzip.eof or unzip.unused_data:
+    raw = unzip.decompress(body, raw_bytes + 1)
+    if len(raw) != raw_bytes or not unzip.eof or unzip.unused_data:
         raise ValueError("the body does not match its recorded length")
     prefix, suffix = meta["name_prefix"], meta["name_suffix"]
     if not isinstance(prefix, str) or not isinstance(suffix, str) or "/" in prefix + suffix:
         raise ValueError("the shared prefix or suffix of the names is no part of a name")
-    snap = Snapshot([], [], [], [], prefix, suffix, "")
+    snap = Snapshot([], [], [], prefix, suffix, "")
     texts = []
     for line in raw.decode("ascii").split("\n"):
-        directory, flag, stems_text, sizes_text = line.split("\t")
+        directory, flag, stems_text = line.split("\t")
         if not _DIR_RE.fullmatch(directory):
             raise ValueError(f"{directory!r} is no fan-out directory")
         if flag not in ("0", "1"):
             raise ValueError(f"metadata flag {flag!r}")
-        count = stems_text.count("/") + 1
-        sizes = list(map(int, sizes_text.split(","))) if sizes_text else None
-        if sizes is not None and len(sizes) != count:
-            raise ValueError(f"{len(sizes)} sizes for {count} names in {directory!r}")
         snap.directories.append(directory)
         snap.has_metadata.append(flag == "1")
-        snap.counts.append(count)
-        snap.sizes.append(sizes)
+        snap.counts.append(stems_text.count("/") + 1)
         texts.append(stems_text)
     if sum(snap.counts) != meta["entries"]:
         raise ValueError("the entry count does not match the header")

@@ -208,19 +208,25 @@ def test_scanned_entries_are_older_than_put_ones_and_a_touch_makes_one_newest():
     index.get("x", touch=True)
     index.add(_entry("z", base="/s"))  # an existing entry wins and becomes the newest
     assert [e.stem for e in index.snapshot()] == ["y", "p1", "p2", "x", "z"]
+    for stem in "xyz":
+        index.set_size(index.get(stem), 10)
     assert [v.stem for v in index.take_lru("/s", 10**9, skip={"p2"})] == ["y", "p1", "x", "z"]
     assert [e.stem for e in index.snapshot()] == ["p2"]
 
 
-def test_take_lru_takes_listed_entries_first_and_skips_pinned_ones():
+def test_take_lru_takes_entries_of_known_size_only_and_skips_pinned_ones():
+    """An entry of unknown size is not counted toward capacity, so eviction leaves it too."""
     index = Index()
-    _listed(index, "abc", base="/w")
+    _listed(index, "abcd", base="/w")
     _listed(index, "o", base="/other")
     index.add(_entry("new", base="/w", size=100))
+    for stem in "abc":
+        index.set_size(index.get(stem), 30)
     index.get("b").pins = 1
-    victims = index.take_lru("/w", 50, skip=set())  # listed sizes are unknown: they free nothing
-    assert [v.stem for v in victims] == ["a", "c", "new"] and victims[0].path == "/w/12/34/a.d"
-    assert index.used_bytes("/w") == 0 and {e.stem for e in index.snapshot()} == {"b", "o"}
+    victims = index.take_lru("/w", 50, skip=set())
+    assert [v.stem for v in victims] == ["a", "c"] and victims[0].path == "/w/12/34/a.d"
+    assert index.used_bytes("/w") == 130
+    assert {e.stem for e in index.snapshot()} == {"b", "d", "o", "new"}
 
 
 def test_replacing_or_resizing_a_listed_entry_keeps_totals_right():

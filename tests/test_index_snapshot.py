@@ -163,9 +163,9 @@ def test_a_snapshot_cannot_name_a_file_outside_its_fan_out_directories(tmp_path)
     base = str(tmp_path / "a")
     layout = Layout(base)
     good = layout.stem(key(0)[0])
-    assert snapshot.write(base, layout, [snapshot.Group("..", True, [good], None)])
+    assert snapshot.write(base, layout, [snapshot.Group("..", True, [good])])
     assert snapshot.read(base, layout) is None
-    assert snapshot.write(base, layout, [snapshot.Group("12/34", True, [good, "not a name", "A%41", ""], None)])
+    assert snapshot.write(base, layout, [snapshot.Group("12/34", True, [good, "not a name", "A%41", ""])])
     index, scanner = loaded([base])
     assert scanner.stats.snapshot_entries == 1 and index.has(good)  # foreign names left out
 
@@ -182,39 +182,63 @@ def test_a_snapshot_gives_back_every_stem_it_was_written_with(tmp_path, stems):
     is split, so that the scan can check the three parts alone."""
     base = str(tmp_path)
     layout = Layout(base)
-    assert snapshot.write(base, layout, [snapshot.Group("12/34", True, stems[:1], None),
-                                         snapshot.Group("56", False, stems, None)])
+    assert snapshot.write(base, layout, [snapshot.Group("12/34", True, stems[:1]),
+                                         snapshot.Group("56", False, stems)])
     snap = snapshot.read(base, layout)
     assert snap.stems() == stems[:1] + stems and snap.counts == [1, len(stems)]
     assert all(map(_plain_stems, (snap.prefix, snap.middles, snap.suffix))) == _plain_stems("/".join(stems))
 
 
-def test_capacity_counts_snapshot_entries_with_their_sizes_and_the_scan_corrects_them(tmp_path, stores):
+def test_capacity_counts_snapshot_entries_once_the_scan_has_seen_them(tmp_path, stores):
+    """A snapshot records no sizes: its entries neither count toward a capacity bound nor are
+    evicted until the scan has stat'ed them, so a stale snapshot cannot make a put evict live
+    entries."""
     base = tmp_path / "a"
     fill(stores, [str(base)], 6, capacity_bytes=10**9)
     size = 100 + 2 * HEADER_SIZE
     index, scanner = loaded([str(base)], stat_bases=[str(base)])
-    assert index.used_bytes(str(base)) == 6 * size  # counted before the scan
+    assert len(index) == 6 and index.used_bytes(str(base)) == 0
+    assert index.take_lru(str(base), 10**9, skip=set()) == [] and len(index) == 6
+    index.get(stem(1), touch=True)  # looked up before the scan reached it
     with open(data_file(base, 0), "ab") as f:  # changed since the snapshot: the scan's size wins
         f.write(b"x" * 50)
     scanner.run()
     assert index.used_bytes(str(base)) == 6 * size + 50 and len(index) == 6
+    assert len(index.take_lru(str(base), 10**9, skip=set())) == 6
 
 
-def test_a_snapshot_without_sizes_never_feeds_a_capacity_bound(tmp_path, stores):
-    """Eviction frees entries until their sizes add up: unsized ones would all go at once."""
-    base = tmp_path / "a"
-    fill(stores, [str(base)], 6)  # unbounded: a restart's scan knows no sizes
-    store = stores([str(base)])
+def test_a_stale_snapshot_makes_no_put_evict_a_live_entry(tmp_path, stores):
+    """A bounded store closes with 10 entries (its bound); another process then removes 8. A
+    restart's first put, made while the scan may still run, evicts nothing: 2 entries of 10
+    are on disk, whatever the snapshot still names."""
+    small = 16 << 10
+    bound = 10 * (small + 2 * HEADER_SIZE)
+    base = str(tmp_path)
+    store = stores(base, capacity_bytes=bound)
     assert store.wait_for_scan(30)
-    store.close()  # this snapshot names the entries without sizes
-    index, scanner = loaded([str(base)], stat_bases=[str(base)])
-    assert len(index) == 0
-    bounded = stores([str(base)], capacity_bytes=7 * (100 + 2 * HEADER_SIZE))
-    assert bounded.wait_for_scan(30)
-    assert bounded.put(*key(50), payload(50), u8(100))
-    assert bounded.put(*key(51), payload(51), u8(100))  # one old entry evicted, not all six
-    assert sum(bounded.contains(*key(i)) for i in range(6)) == 5
+    for i in range(10):
+        assert store.put(*key(i), payload(i, small), u8(small))
+    store.close()
+    other = stores(base, scan=False)
+    for i in range(1, 9):
+        assert other.remove(*key(i))
+    store = stores(base, capacity_bytes=bound)
+    assert store.put(*key(100), payload(100, small), u8(small))
+    assert store.wait_for_scan(30)
+    assert store.stats().evictions == 0
+    assert store.contains(*key(0)) and store.contains(*key(9)) and store.contains(*key(100))
+
+
+def test_a_snapshot_claiming_a_huge_body_is_ignored_before_decompressing(tmp_path, stores, monkeypatch, caplog):
+    base = tmp_path / "a"
+    fill(stores, [str(base)], 5)
+    monkeypatch.setattr(snapshot, "MAX_BODY_BYTES", 64)  # the real bound is 512 MiB
+    with caplog.at_level(logging.WARNING, logger="lmcache_plugin.snapshot"):
+        assert snapshot.read(str(base), Layout(str(base))) is None
+    assert "bytes claimed (at most 64)" in caplog.text
+    monkeypatch.undo()
+    index, scanner = loaded([str(base)])
+    assert len(index) == 5  # within the bound it loads
 
 
 def test_pygds_cache_and_lmcache_gds_backend_ignore_the_snapshot(tmp_path, stores):
@@ -305,7 +329,7 @@ def cache_of(base, per_dir: int) -> None:
         for stem in stems:
             (directory / (stem + layout.data_suffix)).touch()
             (directory / (stem + layout.data_suffix + ".metadata")).touch()
-        groups.append(snapshot.Group(f"1{d}/34", True, stems, None))
+        groups.append(snapshot.Group(f"1{d}/34", True, stems))
     assert snapshot.write(str(base), layout, groups)
 
 
