@@ -66,7 +66,8 @@ class Driver(ClosedWhenCollected):
         return self._driver.get_parameter(name)
 
     def set_parameter(self, name: str, value: int | bool | str) -> None:
-        """Set a parameter by name; most take effect only when the driver next opens."""
+        """Set a parameter by name; most take effect only when the driver next opens (libcufile
+        1.17 and later: 1.15 and 1.16 ignore parameters staged before the open)."""
         self._driver.set_parameter(name, value)
 
     def parameters(self) -> dict[str, int | bool | str]:

@@ -483,8 +483,9 @@ _ERRNO_ADVICE: dict[int, str] = {
                   "open the file in a mode that allows it",
     _errno.EINVAL: "an invalid argument; with O_DIRECT, offsets, sizes and buffer addresses must be aligned "
                    "to the logical block size: try without direct=True",
-    _errno.EIO: "a low-level I/O error (a failing device, or cuFile's async path without nvidia-fs); "
-                "check the device (dmesg) and the file system",
+    _errno.EIO: "a low-level I/O error (a failing device, or a transfer libcufile could not finish; "
+                "libcufile 1.15 also reports a write through a read-only descriptor so); check the device "
+                "(dmesg), the file system and cufile.log",
     _errno.EFAULT: "the buffer address is not accessible memory",
     _errno.EROFS: "the file system is mounted read-only; remount it read-write or use another path",
     _errno.EACCES: "permission denied; check the file's permissions",

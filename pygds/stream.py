@@ -1,7 +1,7 @@
 """Stream-ordered I/O (`File.read_async`/`write_async`) on any engine, with a fallback that always works.
 
 An engine with stream-ordered I/O of its own (cuFile's `cuFileReadAsync`) queues the transfer on
-the stream; where it has none, or gives up on it (cuFile's -EIO without nvidia-fs), the transfer
+the stream; where it has none, or gives up on it (an -EIO from cuFile's async call), the transfer
 is done the way KvikIO's compatibility mode does it: synchronize the stream, then do the I/O on
 the calling thread. `reset_stream_io()` lets every engine try its own path again.
 """
@@ -40,8 +40,8 @@ def stream_handle(stream: object) -> int:
 
 def reset_stream_io() -> None:
     """Let stream-ordered I/O use each engine's own stream path again. cuFile gives its path up for
-    the whole process at the first -EIO (compatibility mode, no nvidia-fs); opening the cuFile
-    driver, or this, turns it back on."""
+    the whole process at the first -EIO from its async calls (a driver that cannot run libcufile's
+    stream path); opening the cuFile driver, or this, turns it back on."""
     for engine in registry.all_engines():
         engine.reset_stream_io()
 

@@ -126,7 +126,7 @@ def test_negative_cufile_codes(code: int) -> None:
 
 
 def test_negative_errno_values() -> None:
-    # Async calls report bytes-done -5 (-EIO) in compatibility mode.
+    # A failed async call reports bytes-done -5 (-EIO).
     with pytest.raises(IOFailedError) as info:
         decode_io_result("cuFileReadAsync", -errno.EIO, 0)
     assert info.value.errno == errno.EIO

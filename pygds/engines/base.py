@@ -68,7 +68,8 @@ class StreamOp(ABC):
     @abstractmethod
     def finish(self) -> int | None:
         """Wait for the stream; the bytes moved, or None when the engine could not do it this way and
-        the caller must redo it on the threaded path (cuFile's -EIO without nvidia-fs)."""
+        the caller must redo it on the threaded path (cuFile's -EIO where its stream path fails,
+        e.g. a driver that cannot run libcufile's copy kernel)."""
 
 
 class EngineHandle(ABC):

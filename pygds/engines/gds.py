@@ -170,7 +170,8 @@ class GdsDriver(ClosedWhenCollected):
         return text.value.decode(errors="replace")
 
     def set_parameter(self, name: str, value: int | bool | str) -> None:
-        """Set a parameter by name; most take effect only when the driver next opens."""
+        """Set a parameter by name; most take effect only when the driver next opens (libcufile
+        1.17 and later: 1.15 and 1.16 ignore parameters staged before the open)."""
         kind, enum_value = self._param(name)
         label = f"({name})"
         if kind == "size_t":

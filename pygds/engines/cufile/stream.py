@@ -1,10 +1,12 @@
 """cuFile's stream-ordered I/O (`cuFileReadAsync`/`cuFileWriteAsync`) and when it gives up on it.
 
-In compatibility mode (no nvidia-fs) libcufile accepts the async calls but the stream-side copy
-fails and the byte count comes back as -EIO. The first such -EIO is logged once and turns the
-native path off (`broken()` says why): stream-ordered I/O then synchronizes the stream and does the
-I/O on the calling thread, as KvikIO's compat mode does. The switch is process-wide, as the cause
-is; `reset()` turns the native path back on, and opening the cuFile driver does so too.
+Where libcufile cannot do the stream-side work it accepts the async call and the byte count
+comes back as -EIO. That depends on the CUDA driver, not on nvidia-fs alone: in compatibility mode
+libcufile launches a copy kernel of its own (cuFileGpuCopy), which a real driver runs (libcufile 1.15
+on an H200) and the test suite's stand-in driver cannot. The first such -EIO is logged once and turns
+the native path off (`broken()` says why): stream-ordered I/O then synchronizes the stream and does
+the I/O on the calling thread, as KvikIO's compat mode does. The switch is process-wide, as the
+cause is; `reset()` turns the native path back on, and opening the cuFile driver does so too.
 """
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ class CuFileStreamOp(StreamOp):
         if done >= 0:
             return done
         if done == -errno.EIO:
-            _give_up("cuFile async I/O returned -EIO (compatibility mode without nvidia-fs)")
+            _give_up(f"{self.op} returned -EIO (libcufile could not run its stream path here; see cufile.log)")
             return None
         advice = errno_advice(-done)
         raise IOFailedError(-done, f"{self.op} on {self.path} failed: {errno.errorcode.get(-done, -done)}"
