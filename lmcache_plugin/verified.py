@@ -7,8 +7,8 @@ the data is copied in, and a store through a shared mapping faults on a clean pa
 them too. A file is proved by a read that hashed it and found it unchanged from before to after
 the read, with every page of it clean before the read and after (`cachestat`): a page dirtied
 through a mapping stays writable without further faults until it is written back, so a dirty
-page means a later store could change the bytes unseen (a read that finds one asks for the
-write-back and proves nothing). A later read of a file with the same identity before and after
+page means a later store could change the bytes unseen (a read that finds one proves nothing:
+a file put moments ago is hashed by every read until the kernel has written it back). A later read of a file with the same identity before and after
 reading skips the hash. A put proves nothing: between its hash and its `fstat` another process
 could have written into the file unseen.
 
@@ -54,7 +54,6 @@ MAX_REMEMBERED = 1 << 18
 _PROBES = 16
 _SYS_CACHESTAT = 451
 """cachestat(2)'s number, the same on every Linux architecture (syscalls from 424 on share one)."""
-_SYNC_FILE_RANGE_WRITE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -109,18 +108,16 @@ class VerifiedFiles:
     def pages_clean(self, fd: int) -> bool:
         """Whether no page of the open file is dirty in the page cache, so that a store through a
         shared mapping must fault (and move ctime) to change it. A proving read needs this before
-        it reads and again after its `stat_after_read`. Dirty pages are handed to write-back at
-        once, so that a later read can prove the file; False also where nothing can be proved."""
+        it reads and again after its `stat_after_read`; a file put moments ago waits for the
+        kernel's write-back (asking for it here would make the read wait for the disk). False
+        also where nothing can be proved."""
         if not self._bases:
             return False
         counts, whole = _Cachestat(), _CachestatRange(0, 0)
         if _libc.syscall(ctypes.c_long(_SYS_CACHESTAT), ctypes.c_long(fd), ctypes.byref(whole),
                          ctypes.byref(counts), ctypes.c_long(0)) != 0:
             return False  # ENOSYS before Linux 6.5: dirty pages cannot be seen
-        if counts.nr_dirty == 0:
-            return True
-        _libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), ctypes.c_uint(_SYNC_FILE_RANGE_WRITE))
-        return False
+        return counts.nr_dirty == 0
 
     def verified(self, base: str, path: str, before: os.stat_result, after: os.stat_result | None) -> None:
         """A read of `path` (in base path `base`), with its pages clean before and after
