@@ -2,8 +2,9 @@
 dropping bad ones and putting back ones that could not be deleted.
 
 Paths are shared with other writers (other stores, `pygds cache evict`, a user's `mv`), so the
-index only says where to look. A bad file is remembered by its identity (path, inode, size,
-mtime) so that probes skip it until it changes (a new put replaces it).
+index only says where to look. A bad file is remembered by its path and identity (device, inode,
+size, mtime, ctime: `verified.identity`) so that probes skip it until it changes (a new put
+replaces it; a repair in place moves its ctime).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from .counters import Counters
 from .format import HEADER_SIZE
 from .index import Entry, Index
 from .layout import Layout, metadata_path
+from .verified import identity
 
 logger = logging.getLogger(__name__)
 
-Identity = tuple[str, int, int, int]
+Identity = tuple[str, tuple[int, int, int, int, int]]
 
 
 def stat_by_open(path: str) -> os.stat_result:
@@ -35,7 +37,7 @@ def stat_by_open(path: str) -> os.stat_result:
 
 
 def _identity(path: str, st: os.stat_result) -> Identity:
-    return (path, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (path, identity(st))
 
 
 class Entries:
@@ -97,14 +99,12 @@ class Entries:
         return self.probe(key_text, chunk_hash, stem) is not None
 
     def drop(self, entry: Entry, exc: BaseException, st: os.stat_result | None, counter: str) -> None:
-        """Forget a bad entry (index and future probes of the same file), one warning."""
+        """Forget a bad entry (index and future probes of the same file, `st` being the `fstat`
+        of the file found bad), one warning. Without `st` (the file could not be opened) nothing
+        is remembered: a `stat` now could describe a good file another store has just put there,
+        and probes skip files they cannot open anyway."""
         if self.index.get(entry.stem) is entry:
             self.index.pop(entry.stem)
-        if st is None:
-            try:
-                st = os.stat(entry.path)
-            except OSError:
-                pass
         if st is not None:
             self._bad[entry.stem] = _identity(entry.path, st)
         self._counters.bump(**{counter: 1})

@@ -348,6 +348,30 @@ def test_truncated_entry_is_dropped_with_one_warning_and_can_be_rewritten(tmp_pa
     assert store.get_into(k, h, out) and bytes(out) == data
 
 
+def test_a_bad_file_repaired_in_place_is_found_again(tmp_path, stores):
+    """A dropped file is skipped until it changes. A repair that writes the good bytes back into
+    the same inode and puts its size and mtime back as they were still moves its ctime, so the
+    next lookup finds it."""
+    store = stores([str(tmp_path)])
+    k, h = key(5)
+    data = rand_bytes(20_000, 5)
+    assert store.put(k, h, data, u8(len(data)))
+    path = store.layout.data_path(str(tmp_path), k, h)
+    good = Path(path).read_bytes()
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(HEADER_SIZE + 7)
+        f.write(bytes([good[HEADER_SIZE + 7] ^ 1]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    out = bytearray(len(data))
+    assert not store.get_into(k, h, out) and not store.contains(k, h)
+    with open(path, "r+b") as f:
+        f.write(good)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # inode, size and mtime as when dropped
+    assert store.contains(k, h)
+    assert store.get_into(k, h, out) and bytes(out) == data
+
+
 @pytest.mark.parametrize("damage", ["garbage header", "short file", "grown file", "empty file"])
 def test_corrupt_files_are_never_served(tmp_path, stores, damage, caplog):
     store = stores([str(tmp_path)])
