@@ -3,11 +3,11 @@ unnoticed.
 
 The store remembers a proved data file by its identity (device, inode, size, mtime, ctime) on
 local disk file systems only, once a read verified it with every page of it clean before and
-after the read, where a write after a `stat` always moves ctime (Linux 6.13 and later) or its
-last change lies `verified.SETTLE_NS` back. A put proves nothing. The tests use real files and
-real processes, wait where the machine's timestamps need it, change files the ways other writers
-do (`write`, rename, shared mappings, writes into the temporary file of a put), and check that
-the next read hashes (and refuses) what changed.
+after the read and its last change `verified.SETTLE_NS` back (shortened here by the `settle`
+fixture: the rule, not its value, is under test). A put proves nothing. The tests use real files
+and real processes, change files the ways other writers do (`write`, rename, shared mappings,
+writes into the temporary file of a put), and check that the next read hashes (and refuses) what
+changed.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ import numpy as np
 import pytest
 
 from lmcache_plugin.format import HEADER_SIZE, EntryHeader
-from lmcache_plugin.verified import LOCAL_FILE_SYSTEMS, SETTLE_NS, VerifiedFiles, fine_grained_ctime
+from lmcache_plugin import verified
+from lmcache_plugin.verified import LOCAL_FILE_SYSTEMS, VerifiedFiles
 from pygds import fsinfo
 
 N = 64 << 10
+SETTLE_S = 0.3
 
 
 def entry(i: int) -> tuple[str, int, bytes]:
@@ -37,11 +39,26 @@ def entry(i: int) -> tuple[str, int, bytes]:
     return f"org/model@1@0@{chunk_hash:x}@bfloat16", chunk_hash, data
 
 
+@pytest.fixture(autouse=True)
+def settle(monkeypatch):
+    monkeypatch.setattr(verified, "SETTLE_NS", int(SETTLE_S * 1e9))
+
+
 @pytest.fixture
 def local_dir(tmp_path):
     kind = fsinfo.fs_type(str(tmp_path))
     if kind not in LOCAL_FILE_SYSTEMS:
         pytest.skip(f"{tmp_path} is not on a local file system ({kind})")
+    probe = tmp_path / "cachestat-probe"
+    probe.write_bytes(b"x")
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        if not VerifiedFiles([str(tmp_path)]).pages_clean(fd):
+            pytest.skip("this kernel reports no dirty pages (cachestat, Linux 6.5): nothing is proved")
+    finally:
+        os.close(fd)
+        probe.unlink()
     return str(tmp_path)
 
 
@@ -51,16 +68,20 @@ def put(store, i: int) -> tuple[str, int, bytes]:
     return k, h, data
 
 
-def prove(store, k: str, h: int, local_dir: str) -> None:
-    """Make the entry proved by a read: once its pages are written back (the put left them dirty)
-    and, where timestamps are coarse, once the file has settled."""
-    fd = os.open(path_of(store, k, h), os.O_RDONLY)
+def settle_file(path: str) -> None:
+    """Write the file's pages back and wait until its last change is settled."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+        time.sleep(max(0.0, os.fstat(fd).st_ctime_ns / 1e9 + SETTLE_S + 0.05 - time.time()))
     finally:
         os.close(fd)
-    if not fine_grained_ctime(local_dir):
-        time.sleep(SETTLE_NS / 1e9 + 0.2)
+
+
+def prove(store, k: str, h: int) -> None:
+    """Make the entry proved by a read: once its pages are written back (the put left them dirty)
+    and its last change has settled."""
+    settle_file(path_of(store, k, h))
     skipped = store.stats().checksum_skipped
     assert read(store, k, h) is not None
     assert store.stats().checksum_skipped == skipped  # this read hashed: it proves the file
@@ -78,7 +99,7 @@ def path_of(store, k: str, h: int) -> str:
 def test_a_proved_file_is_not_hashed_again_and_an_in_place_write_is_still_caught(stores, local_dir):
     store = stores(local_dir)
     k, h, data = put(store, 1)
-    prove(store, k, h, local_dir)
+    prove(store, k, h)
     skipped = store.stats().checksum_skipped
     assert read(store, k, h) == data and read(store, k, h) == data
     assert store.stats().checksum_skipped == skipped + 2
@@ -96,7 +117,7 @@ def test_a_proved_file_is_not_hashed_again_and_an_in_place_write_is_still_caught
 def test_a_file_replaced_by_rename_is_hashed_again(stores, local_dir, tmp_path_factory):
     store = stores(local_dir)
     k, h, data = put(store, 2)
-    prove(store, k, h, local_dir)
+    prove(store, k, h)
     assert read(store, k, h) == data
     skipped = store.stats().checksum_skipped
     assert skipped >= 1
@@ -111,32 +132,32 @@ def test_a_file_replaced_by_rename_is_hashed_again(stores, local_dir, tmp_path_f
 
 
 def test_a_put_proves_nothing_and_a_read_proves_once_the_pages_are_written_back(stores, local_dir):
-    if not fine_grained_ctime(local_dir):
-        pytest.skip("this kernel's timestamps in this file system are coarse (before Linux 6.13)")
     store = stores(local_dir)
     k, h, data = put(store, 3)
+    time.sleep(SETTLE_S + 0.05)
     assert read(store, k, h) == data  # hashed: the put proved nothing, and its pages are dirty
     assert store.stats().checksum_skipped == 0
-    prove(store, k, h, local_dir)
+    prove(store, k, h)
     for _ in range(3):
         assert read(store, k, h) == data
     assert store.stats().checksum_skipped == 3
 
 
-def test_with_coarse_timestamps_a_young_file_is_hashed_on_every_read(stores, local_dir):
-    if fine_grained_ctime(local_dir):
-        pytest.skip("this kernel's timestamps are fine-grained once read (Linux 6.13 and later)")
-    store = stores(local_dir)
+def test_a_young_file_is_hashed_on_every_read(stores, local_dir, monkeypatch):
+    """A file changed less than `SETTLE_NS` ago is never taken as proved, its pages clean or
+    not: a write still running could have started before that change."""
+    monkeypatch.setattr(verified, "SETTLE_NS", 60 * 10**9)
+    store = stores(local_dir, fsync=True)
     k, h, data = put(store, 4)
     for _ in range(3):
         assert read(store, k, h) == data
-    assert store.stats().checksum_skipped == 0  # changed less than SETTLE_NS before each read
+    assert store.stats().checksum_skipped == 0
 
 
 def test_checksum_always_hashes_every_read(stores, local_dir):
     store = stores(local_dir, checksum="always")
     k, h, data = put(store, 5)
-    prove(store, k, h, local_dir)
+    prove(store, k, h)
     for _ in range(3):
         assert read(store, k, h) == data
     assert store.stats().checksum_skipped == 0
@@ -232,18 +253,17 @@ def test_on_tmpfs_every_read_hashes_so_a_store_through_a_mapping_is_refused(stor
 
 
 def test_a_page_dirtied_through_a_mapping_before_the_read_keeps_the_file_unproved(stores, local_dir):
-    """Another process dirties a page through a mapping (same value) before the read: the page
-    stays writable without a fault, so a later store would move no timestamp. The read finds the
-    dirty page and proves nothing; the change after it is hashed and refused."""
-    if not fine_grained_ctime(local_dir):
-        pytest.skip("this kernel's timestamps in this file system are coarse (before Linux 6.13)")
+    """Another process dirties a page through a mapping (same value) and the change settles: the
+    page stays writable without a fault, so a later store would move no timestamp. The read finds
+    the dirty page and proves nothing; the change after it is hashed and refused."""
     store = stores(local_dir)
     k, h, data = put(store, 7)
-    prove(store, k, h, local_dir)
+    prove(store, k, h)
     writer = MmapWriter(path_of(store, k, h), predirty=True)
     try:
         writer.expect("dirtied")
-        assert read(store, k, h) == data  # the fault moved ctime: hashed, and not proved again
+        time.sleep(SETTLE_S + 0.05)  # the fault's ctime has settled: only the dirty page stops a proof
+        assert read(store, k, h) == data  # hashed (the identity moved), and not proved again
         writer.go_on()
         writer.expect("changed")
         served = read(store, k, h)
@@ -255,11 +275,9 @@ def test_a_page_dirtied_through_a_mapping_before_the_read_keeps_the_file_unprove
 def test_a_store_through_a_mapping_after_the_proof_is_caught(stores, local_dir):
     """A proved file's pages are clean: the first store through a new mapping faults and moves
     ctime, so the next read hashes and refuses the change."""
-    if not fine_grained_ctime(local_dir):
-        pytest.skip("this kernel's timestamps in this file system are coarse (before Linux 6.13)")
     store = stores(local_dir)
     k, h, data = put(store, 8)
-    prove(store, k, h, local_dir)
+    prove(store, k, h)
     writer = MmapWriter(path_of(store, k, h), predirty=False)
     try:
         writer.expect("changed")
