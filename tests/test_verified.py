@@ -224,6 +224,17 @@ class MmapWriter:
         self.proc.wait(60)
 
 
+def read_after_a_store_through_a_mapping(store, k: str, h: int) -> bytes | None:
+    """What a read serves once another process has changed a byte of the entry's data through a
+    fresh shared mapping."""
+    writer = MmapWriter(path_of(store, k, h), predirty=False)
+    try:
+        writer.expect("changed")
+        return read(store, k, h)
+    finally:
+        writer.close()
+
+
 @pytest.fixture
 def shm_dir():
     """A directory on tmpfs (/dev/shm), removed at the end (close its stores first)."""
@@ -241,13 +252,10 @@ def test_on_tmpfs_every_read_hashes_so_a_store_through_a_mapping_is_refused(stor
     k, h, data = put(store, 6)
     for _ in range(2):
         assert read(store, k, h) == data
-    writer = MmapWriter(path_of(store, k, h), predirty=False)
     try:
-        writer.expect("changed")
-        served = read(store, k, h)
-    finally:
-        writer.close()
+        served = read_after_a_store_through_a_mapping(store, k, h)
         stats = store.stats()
+    finally:
         store.close()  # before `shm_dir` is removed: its close writes the snapshot there
     assert served is None and stats.checksum_skipped == 0 and stats.corrupt == 1
 
@@ -278,13 +286,7 @@ def test_a_store_through_a_mapping_after_the_proof_is_caught(stores, local_dir):
     store = stores(local_dir)
     k, h, data = put(store, 8)
     prove(store, k, h)
-    writer = MmapWriter(path_of(store, k, h), predirty=False)
-    try:
-        writer.expect("changed")
-        served = read(store, k, h)
-    finally:
-        writer.close()
-    assert served is None and store.stats().corrupt == 1
+    assert read_after_a_store_through_a_mapping(store, k, h) is None and store.stats().corrupt == 1
 
 
 # -- other writers: into the files a put writes -----------------------------------------------------
