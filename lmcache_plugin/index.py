@@ -111,8 +111,9 @@ class Index:
 
     def add_scanned(self, entries: Iterable[Entry]) -> int:
         """Insert scan results as least recently used, skipping known and removed stems. A
-        snapshot's entry of the stem, still unconfirmed, is replaced (the scan's size is true).
-        Returns how many were added or confirmed."""
+        snapshot's entry of the stem, still unconfirmed, takes the scan's facts (size, place): in
+        place where a lookup has made its `Entry` since (whoever holds or pinned it keeps the one
+        object). Returns how many were added or confirmed."""
         added = 0
         with self.lock:
             for entry in entries:
@@ -120,15 +121,15 @@ class Index:
                 if stem in self._unconfirmed:
                     self._unconfirmed.discard(stem)
                     added += 1
-                    touched = self._entries.get(stem)  # looked up since: its size counts from now
-                    if touched is not None and touched.size is None and touched.path == entry.path:
-                        touched.size = entry.size
-                        self._account(touched, +1)
-                    old = self._scanned.get(stem)
-                    if old is not None:
-                        if isinstance(old, Entry):
-                            entry.pins = old.pins
-                            self._account(old, -1)
+                    known = self._entries.get(stem) or self._scanned.get(stem)
+                    if isinstance(known, Entry):
+                        self._account(known, -1)
+                        if known.path != entry.path:
+                            known.path, known.header, known.digest = entry.path, None, None
+                        known.size, known.has_metadata = entry.size, entry.has_metadata
+                        self._account(known, +1)
+                        continue
+                    if known is not None:  # still the snapshot's listing
                         self._scanned[stem] = entry
                         self._account(entry, +1)
                         continue

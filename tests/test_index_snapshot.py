@@ -207,6 +207,23 @@ def test_capacity_counts_snapshot_entries_once_the_scan_has_seen_them(tmp_path, 
     assert len(index.take_lru(str(base), 10**9, skip=set())) == 6
 
 
+def test_the_scan_confirms_a_looked_up_snapshot_entry_in_place(tmp_path, stores):
+    """Whoever holds or pinned an entry a lookup made before the scan reached it keeps the one
+    object, which takes the scan's size; its pin still counts and is still undone."""
+    base = tmp_path / "a"
+    fill(stores, [str(base)], 3, capacity_bytes=10**9)
+    size = 100 + 2 * HEADER_SIZE
+    index, scanner = loaded([str(base)], stat_bases=[str(base)])
+    held = index.get(stem(0))
+    index.pin(held)
+    touched = index.get(stem(1), touch=True)
+    scanner.run()
+    assert index.get(stem(0)) is held and index.get(stem(1)) is touched
+    assert held.size == touched.size == size and index.used_bytes(str(base)) == 3 * size
+    assert stem(0) not in {e.stem for e in index.take_lru(str(base), 10**9, skip=set())}
+    assert index.unpin(held) and [e.stem for e in index.take_lru(str(base), 10**9, skip=set())] == [stem(0)]
+
+
 def test_a_stale_snapshot_makes_no_put_evict_a_live_entry(tmp_path, stores):
     """A bounded store closes with 10 entries (its bound); another process then removes 8. A
     restart's first put, made while the scan may still run, evicts nothing: 2 entries of 10
