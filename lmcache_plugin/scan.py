@@ -17,6 +17,7 @@ gives the index one shared `ScannedDir` per listing instead of an `Entry` per na
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
@@ -35,6 +36,19 @@ from .index import Entry, Index, ScannedDir
 from .layout import METADATA_SUFFIX, Layout, is_tmp_name
 
 logger = logging.getLogger(__name__)
+
+_saves = threading.Lock()
+"""Held while snapshots are written. The scan thread is a daemon, which an interpreter exit
+would cut short in the middle of a write (its temporary file left behind): at exit
+`_end_background_saves` waits for a write in progress and stops the scan thread's later ones."""
+_exiting = False
+
+
+@atexit.register
+def _end_background_saves() -> None:
+    global _exiting
+    with _saves:
+        _exiting = True
 
 OnError = Callable[[str, OSError], None]
 """Called with a directory that could not be listed and the error."""
@@ -256,17 +270,21 @@ class Scanner:
         )
         stats = self.stats
         if self.snapshots and complete and (stats.entries != stats.snapshot_entries or stats.snapshot_dropped):
-            self.save()
+            self.save(background=threading.current_thread() is self._thread)
 
-    def save(self) -> None:
+    def save(self, background: bool = False) -> None:
         """Write each path's snapshot of the index as it is now (never raises: a path that
-        refuses only means a slower next start)."""
-        try:
-            items = self.index.items()
-            for base in self.layout.unique_paths:
-                snapshot.write(base, self.layout, snapshot.groups_of(items, base))
-        except Exception:
-            logger.exception("writing the index snapshots of %s failed", self.layout.unique_paths)
+        refuses only means a slower next start). A `background` save (the scan thread's) is
+        skipped once the interpreter exits."""
+        with _saves:
+            if background and _exiting:
+                return
+            try:
+                items = self.index.items()
+                for base in self.layout.unique_paths:
+                    snapshot.write(base, self.layout, snapshot.groups_of(items, base))
+            except Exception:
+                logger.exception("writing the index snapshots of %s failed", self.layout.unique_paths)
 
     def load_snapshots(self) -> int:
         """Index what each path's snapshot names, checked as listed names are (`start` does this

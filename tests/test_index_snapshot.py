@@ -258,6 +258,34 @@ def test_a_snapshot_claiming_a_huge_body_is_ignored_before_decompressing(tmp_pat
     assert len(index) == 5  # within the bound it loads
 
 
+def test_an_exit_during_the_scans_snapshot_write_leaves_no_temporary_file(tmp_path, stores):
+    """The scan thread (a daemon) writes the snapshot when it found it out of date. A process that
+    exits meanwhile without closing its store waits for that write instead of cutting it short."""
+    base = tmp_path / "a"
+    fill(stores, [str(base)], 5, index_snapshot=False)  # no snapshot yet: the scan will write one
+    script = textwrap.dedent(f"""
+        import os, sys, threading, time
+        sys.path.insert(0, {ROOT!r})
+        from lmcache_plugin.store import KVStore, StoreOptions
+        writing = threading.Event()
+        rename = os.rename
+        def slow_rename(src, dst):
+            if os.path.basename(dst) == "entries":  # the snapshot's temporary file is written
+                writing.set()
+                time.sleep(0.5)
+            rename(src, dst)
+        os.rename = slow_rename
+        store = KVStore(StoreOptions(paths=[{str(base)!r}]))
+        assert writing.wait(30)
+        print("exiting", flush=True)  # the store left open, its scan thread mid-write
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "exiting", done.stderr
+    assert os.listdir(base / snapshot.SNAPSHOT_DIR) == ["entries"]
+    index, _ = loaded([str(base)])
+    assert len(index) == 5
+
+
 def test_pygds_cache_and_lmcache_gds_backend_ignore_the_snapshot(tmp_path, stores):
     base = tmp_path / "a"
     fill(stores, [str(base)], 5)
