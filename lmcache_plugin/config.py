@@ -108,9 +108,9 @@ class PluginSettings:
     max_local_cpu_size_gb: float = 5.0
     builtin_gds_paths: tuple[str, ...] = ()  # where LMCache's own GdsBackend also runs
     # Whether entries carry an XXH3-64 checksum of their data and reads verify it: "auto" on
-    # host-memory destinations only (cheap next to the I/O there; each file version once per
-    # process on local file systems), "always" on every read, GPU memory too through a staging
-    # copy, "off" never.
+    # host-memory destinations only (cheap next to the I/O there), "once" as "auto" but each file
+    # version once per process on local disk file systems, "always" on every read, GPU memory too
+    # through a staging copy, "off" never.
     checksum: str = "auto"
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -204,7 +204,7 @@ def _size(key: str, value: Any) -> int:
 
 
 def _checksum(key: str, value: Any) -> str:
-    """auto | always | off; YAML reads an unquoted `off` as false, which means "off" here too."""
+    """auto | once | always | off; YAML reads an unquoted `off` as false, which means "off" here too."""
     return "off" if value is False else _choice(key, value, CHECKSUM_MODES)
 
 

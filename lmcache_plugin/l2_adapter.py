@@ -61,12 +61,12 @@ import pygds
 from .format import HEADER_SIZE
 from .l2_names import FANOUT_DIRS, MpKey, fanout_hash, mp_key_text, parse_mp_key_text
 from .layout import Layout, parse_paths
+from .options import CHECKSUM_MODES
 from .store import CorruptEntryError, EntryGoneError, EntryHeader, KVStore, StoreOptions
 
 logger = init_logger(__name__)  # LMCache's handlers: these lines appear in the server's log
 
 ENGINES = ("auto", "posix", "cufile")
-CHECKSUMS = ("auto", "always", "off")
 GIB = 1 << 30
 DIRECT_IO_MIN_KB = 1024
 """Default `direct_io_min_kb`: measured, 256 KiB entries stored and loaded faster buffered and
@@ -117,7 +117,8 @@ class GdsL2AdapterConfig(L2AdapterConfigBase):
                             "(default 1024: below it the page cache costs less than a device round trip "
                             "per entry); 0 sends every entry through O_DIRECT",
         "io_threads": "parallel stores and, separately, parallel loads (default 8)",
-        "checksum": "auto | always | off: xxh3 checksum of every entry (default auto = on)",
+        "checksum": "auto | once | always | off: xxh3 checksum of every entry (default auto = on; once: "
+                    "each file hashed once per process, trusting that nothing else writes cache files in place)",
         "fsync": "fsync each entry before publishing it (default false)",
     }
 
@@ -175,7 +176,7 @@ class GdsL2AdapterConfig(L2AdapterConfigBase):
             raise L2ParamError("io_threads", threads, "not an integer from 1 to 256", "use e.g. 8")
         return cls(paths=paths, max_capacity_gb=cap, engine=_choice(d, "engine", "auto", ENGINES),
                    direct_io=_flag(d, "direct_io", True), direct_io_min_kb=min_kb, io_threads=threads,
-                   checksum=_choice(d, "checksum", "auto", CHECKSUMS), fsync=_flag(d, "fsync", False))
+                   checksum=_choice(d, "checksum", "auto", CHECKSUM_MODES), fsync=_flag(d, "fsync", False))
 
     @classmethod
     def help(cls) -> str:

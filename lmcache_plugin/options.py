@@ -9,7 +9,7 @@ import pygds
 
 from .layout import DATA_SUFFIX
 
-CHECKSUM_MODES = ("auto", "always", "off")
+CHECKSUM_MODES = ("auto", "once", "always", "off")
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,13 @@ class StoreOptions:
         snapshot is a hint the scan confirms; reads check every entry anyway.
     stats_interval_s: publish the counters to `<write path>/.pygds-stats/<host>-<pid>.json`
         this often (and at close) for `pygds cache stats`; 0 (the default) disables publishing.
-    checksum: "auto" | "always" | "off". "auto" (the default) writes a checksum of the data when
-        it is in host memory and verifies it when reading into host memory: on the CPU it costs
-        a fraction of the I/O time, while device memory would need a copy of every chunk to the
-        host, which defeats GPU-direct (key, size and header checks still run). "always" also
-        covers device memory, through a host copy. "off" writes and verifies none.
+    checksum: "auto" | "once" | "always" | "off". "auto" (the default) writes a checksum of the
+        data when it is in host memory and verifies it on every read into host memory: on the
+        CPU it costs a fraction of the I/O time, while device memory would need a copy of every
+        chunk to the host, which defeats GPU-direct (key, size and header checks still run).
+        "once" is "auto" hashing each data file version once per process on a local disk file
+        system (`verified.py`): it trusts that no other process writes a cache file in place.
+        "always" also covers device memory, through a host copy. "off" writes and verifies none.
     """
 
     paths: str | Sequence[str]

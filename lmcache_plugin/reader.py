@@ -100,7 +100,7 @@ def check_checksum(header: EntryHeader, actual: str) -> None:
 
 def sums(mode: str, kind: str) -> bool:
     """Whether checksum `mode` writes or verifies a checksum for memory of this kind."""
-    return mode == "always" or (mode == "auto" and kind in HOST_KINDS)
+    return mode == "always" or (mode in ("auto", "once") and kind in HOST_KINDS)
 
 
 def checksum(view: Any, nbytes: int) -> str:
@@ -155,7 +155,7 @@ class Reader:
         self._open = open_file
         self._mode = checksum_mode
         self._rebuild = rebuild_metadata
-        self._verified = VerifiedFiles(entries.layout.unique_paths, enabled=checksum_mode == "auto")
+        self._verified = VerifiedFiles(entries.layout.unique_paths, enabled=checksum_mode == "once")
 
     def load_header(self, entry: Entry) -> EntryHeader | None:
         """Read, validate and cache the header; rebuild a missing `.metadata` from it (in a store

@@ -1,5 +1,6 @@
 """Data files whose bytes are already proved against their checksum, so that a read need not hash
-them again (checksum mode "auto"; "always" hashes every read).
+them again: checksum mode "once" ("auto" and "always" hash every read). "once" trusts that no
+other process writes a cache file in place (the store never does): what it cannot see is below.
 
 A file's bytes change only together with its identity (device, inode, size, mtime, ctime): a swap
 or a new put is a new inode, a truncation a new size, a `write` a new mtime and ctime, set before
@@ -26,8 +27,10 @@ reading skips the hash. Why each condition:
 
 What this gives up: a medium error that changes bytes on the disk without any write (and that the
 drive's own checks miss) is noticed by the first read of a file in a process, not by later ones;
-and an in-place write by another process that runs for longer than `SETTLE_NS` and lands after
-a proving read would go unseen (the store itself never writes a published file in place).
+an in-place write by another process that stalls inside its system call for longer than
+`SETTLE_NS` (its source buffer on a slow mapping, say) and lands after a proving read goes unseen,
+as does a write through an XFS handle (`FMODE_NOCMTIME`, for backup tools), which moves no
+timestamp at all.
 """
 
 from __future__ import annotations

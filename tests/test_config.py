@@ -96,8 +96,8 @@ BAD = [
     ("use_hipfile", "y", "boolean"),
     ("use_gds", "yes", "boolean"),
     ("gds_backend", "rocm", "cufile, hipfile"),
-    ("checksum", "sometimes", "auto, always, off"),
-    ("checksum", True, "auto, always, off"),
+    ("checksum", "sometimes", "auto, once, always, off"),
+    ("checksum", True, "auto, once, always, off"),
 ]
 
 
@@ -583,7 +583,7 @@ def test_checksum_setting_from_yaml_spellings(tmp_path):
     assert s.checksum == "off" and "storage_plugin.gds.checksum" in s.sources["checksum"]
     f.write_text(f.read_text().replace("checksum: off", "checksum: on"))
     [problem] = check_config(f)
-    assert "checksum=True" in problem and "auto | always | off" in problem
+    assert "checksum=True" in problem and "auto | once | always | off" in problem
 
 
 @pytest.mark.parametrize("text", ["2G", "1.5TiB", ".5G", "3.M", " 64 kb ", "4096"])

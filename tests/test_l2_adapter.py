@@ -204,7 +204,7 @@ def test_bad_key_fields_are_refused() -> None:
     ({"direct_io": "yes"}, "direct_io", "yes", "true or false"),
     ({"io_threads": 0}, "io_threads", 0, "use e.g. 8"),
     ({"direct_io_min_kb": -1}, "direct_io_min_kb", -1, "0 to send every entry through O_DIRECT"),
-    ({"checksum": "md5"}, "checksum", "md5", "auto, always, off"),
+    ({"checksum": "md5"}, "checksum", "md5", "auto, once, always, off"),
 ])
 def test_bad_params_name_key_value_and_fix(tmp_path: Path, params, key, value, fix) -> None:
     full = {"paths": [str(tmp_path / "a")], **params}

@@ -363,7 +363,7 @@ def test_bounded_name_holding_another_long_key_is_not_listed_under_it(tmp_path, 
 
 
 def test_checksum_setting_is_validated(tmp_path):
-    with pytest.raises(ValueError, match=r"checksum 'sometimes' is unknown; use one of auto, always, off"):
+    with pytest.raises(ValueError, match=r"checksum 'sometimes' is unknown; use one of auto, once, always, off"):
         KVStore(StoreOptions(paths=[str(tmp_path)], checksum="sometimes"))
 
 

@@ -1,5 +1,5 @@
-"""A file already proved against its checksum is not hashed again, and no change to it goes
-unnoticed.
+"""With `checksum: once` a file already proved against its checksum is not hashed again, and no
+change to it goes unnoticed; `auto` and `always` hash every read.
 
 The store remembers a proved data file by its identity (device, inode, size, mtime, ctime) on
 local disk file systems only, once a read verified it with every page of it clean before and
@@ -97,7 +97,7 @@ def path_of(store, k: str, h: int) -> str:
 
 
 def test_a_proved_file_is_not_hashed_again_and_an_in_place_write_is_still_caught(stores, local_dir):
-    store = stores(local_dir)
+    store = stores(local_dir, checksum="once")
     k, h, data = put(store, 1)
     prove(store, k, h)
     skipped = store.stats().checksum_skipped
@@ -115,7 +115,7 @@ def test_a_proved_file_is_not_hashed_again_and_an_in_place_write_is_still_caught
 
 
 def test_a_file_replaced_by_rename_is_hashed_again(stores, local_dir, tmp_path_factory):
-    store = stores(local_dir)
+    store = stores(local_dir, checksum="once")
     k, h, data = put(store, 2)
     prove(store, k, h)
     assert read(store, k, h) == data
@@ -132,7 +132,7 @@ def test_a_file_replaced_by_rename_is_hashed_again(stores, local_dir, tmp_path_f
 
 
 def test_a_put_proves_nothing_and_a_read_proves_once_the_pages_are_written_back(stores, local_dir):
-    store = stores(local_dir)
+    store = stores(local_dir, checksum="once")
     k, h, data = put(store, 3)
     time.sleep(SETTLE_S + 0.05)
     assert read(store, k, h) == data  # hashed: the put proved nothing, and its pages are dirty
@@ -147,15 +147,16 @@ def test_a_young_file_is_hashed_on_every_read(stores, local_dir, monkeypatch):
     """A file changed less than `SETTLE_NS` ago is never taken as proved, its pages clean or
     not: a write still running could have started before that change."""
     monkeypatch.setattr(verified, "SETTLE_NS", 60 * 10**9)
-    store = stores(local_dir, fsync=True)
+    store = stores(local_dir, checksum="once", fsync=True)
     k, h, data = put(store, 4)
     for _ in range(3):
         assert read(store, k, h) == data
     assert store.stats().checksum_skipped == 0
 
 
-def test_checksum_always_hashes_every_read(stores, local_dir):
-    store = stores(local_dir, checksum="always")
+@pytest.mark.parametrize("mode", ["auto", "always"])
+def test_other_checksum_modes_hash_every_read(stores, local_dir, mode):
+    store = stores(local_dir, checksum=mode)
     k, h, data = put(store, 5)
     prove(store, k, h)
     for _ in range(3):
@@ -248,7 +249,7 @@ def shm_dir():
 def test_on_tmpfs_every_read_hashes_so_a_store_through_a_mapping_is_refused(stores, shm_dir):
     """tmpfs never faults a mapped page for writing: a store through a shared mapping (msync
     included) moves no timestamp, so nothing there is ever taken as proved."""
-    store = stores(shm_dir)
+    store = stores(shm_dir, checksum="once")
     k, h, data = put(store, 6)
     for _ in range(2):
         assert read(store, k, h) == data
@@ -264,7 +265,7 @@ def test_a_page_dirtied_through_a_mapping_before_the_read_keeps_the_file_unprove
     """Another process dirties a page through a mapping (same value) and the change settles: the
     page stays writable without a fault, so a later store would move no timestamp. The read finds
     the dirty page and proves nothing; the change after it is hashed and refused."""
-    store = stores(local_dir)
+    store = stores(local_dir, checksum="once")
     k, h, data = put(store, 7)
     prove(store, k, h)
     writer = MmapWriter(path_of(store, k, h), predirty=True)
@@ -283,7 +284,7 @@ def test_a_page_dirtied_through_a_mapping_before_the_read_keeps_the_file_unprove
 def test_a_store_through_a_mapping_after_the_proof_is_caught(stores, local_dir):
     """A proved file's pages are clean: the first store through a new mapping faults and moves
     ctime, so the next read hashes and refuses the change."""
-    store = stores(local_dir)
+    store = stores(local_dir, checksum="once")
     k, h, data = put(store, 8)
     prove(store, k, h)
     assert read_after_a_store_through_a_mapping(store, k, h) is None and store.stats().corrupt == 1
@@ -351,7 +352,7 @@ def test_a_write_into_a_puts_file_is_never_served(stores, local_dir, mode):
     """Another process changes every file the puts write: in the temporary file before the
     rename ("create"), or right after it with the mtime put back ("moved"). The put proves
     nothing, so every read hashes and refuses the change."""
-    store = stores(local_dir, fsync=True)
+    store = stores(local_dir, checksum="once", fsync=True)
     assert store.wait_for_scan(30)
     directory = os.path.join(local_dir, "12", "34")
     os.makedirs(directory)
