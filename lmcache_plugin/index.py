@@ -125,7 +125,7 @@ class Index:
                     if isinstance(known, Entry):
                         self._account(known, -1)
                         if known.path != entry.path:
-                            known.path, known.header, known.digest = entry.path, None, None
+                            known.base, known.path, known.header, known.digest = entry.base, entry.path, None, None
                         known.size, known.has_metadata = entry.size, entry.has_metadata
                         self._account(known, +1)
                         continue

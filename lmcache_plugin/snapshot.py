@@ -34,13 +34,14 @@ import logging
 import os
 import re
 import socket
+import stat
 import time
 import zlib
 from dataclasses import dataclass
 from typing import Iterable
 
 from .index import Entry, ScannedDir
-from .layout import DATA_SUFFIX, Layout, is_tmp_name
+from .layout import DATA_SUFFIX, MAX_DATA_NAME, Layout, is_tmp_name
 from .publish import publish_bytes, unlink_quietly
 
 logger = logging.getLogger(__name__)
@@ -52,8 +53,14 @@ _PART = r"(?:[^/\x00.][^/\x00]?|\.[^/\x00.])"  # 1-2 characters, neither "." nor
 _DIR_RE = re.compile(f"{_PART}(?:/{_PART})?")
 _TMP_MAX_AGE_S = 3600.0
 MAX_BODY_BYTES = 1 << 29
-"""The most a snapshot's body may decompress to (about 30 million names of a usual cache): a
-crafted header cannot make a restart decompress gigabytes."""
+"""The most a snapshot's body may decompress to, and its names take once rebuilt (about 13
+million names of a usual cache): a crafted snapshot cannot make a restart build gigabytes."""
+_MAX_FILE_BYTES = MAX_BODY_BYTES + (MAX_BODY_BYTES >> 8) + _MAX_HEADER + 64
+"""A snapshot file larger than this holds more than `MAX_BODY_BYTES` (zlib never grows text by
+more than a fraction of a percent) and is not read at all."""
+_MAX_GROUPS = 1 << 16
+"""More directory groups than a path's fan-out directories can make (10,101 in-process, 256 in
+MP mode, each at most twice: with and without `.metadata`)."""
 
 
 @dataclass
@@ -161,19 +168,38 @@ def read(base: str, layout: Layout) -> Snapshot | None:
     snapshot is a hint, the scan fills the index anyway)."""
     path = snapshot_path(base, layout.data_suffix)
     try:
-        with open(path, "rb") as f:
-            blob = f.read()
+        blob = _read_file(path)
     except FileNotFoundError:
         return None
     except OSError as exc:
         logger.info("cannot read the index snapshot %s: %s; scanning instead", path, exc)
         return None
     try:
+        if blob is None:
+            raise ValueError(f"not a regular file of at most {_MAX_FILE_BYTES} bytes")
         return _parse(blob, base, layout)
     except (ValueError, KeyError, TypeError, zlib.error) as exc:
         logger.warning("ignoring the index snapshot %s: %s; scanning instead (the next close "
                        "writes a new one)", path, exc)
         return None
+
+
+def _read_file(path: str) -> bytes | None:
+    """The bytes of the snapshot file at `path`; None when it is no regular file (a FIFO would
+    block the restart, a device never end) or is too large to be one. A symbolic link raises
+    `OSError` (ELOOP)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FILE_BYTES:
+            return None
+        parts, left = [], st.st_size
+        while left > 0 and (part := os.read(fd, left)):
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def _parse(blob: bytes, base: str, layout: Layout) -> Snapshot:
@@ -190,9 +216,11 @@ def _parse(blob: bytes, base: str, layout: Layout) -> Snapshot:
     body = memoryview(blob)[end + 1:]
     if len(body) != meta["body_bytes"]:
         raise ValueError(f"{len(body)} body bytes instead of {meta['body_bytes']} (truncated)")
-    raw_bytes = meta["raw_bytes"]
+    raw_bytes, groups = meta["raw_bytes"], meta["groups"]
     if type(raw_bytes) is not int or not 0 < raw_bytes <= MAX_BODY_BYTES:
         raise ValueError(f"a body of {raw_bytes!r} bytes claimed (at most {MAX_BODY_BYTES})")
+    if type(groups) is not int or not 0 < groups <= _MAX_GROUPS:
+        raise ValueError(f"{groups!r} directory groups claimed (at most {_MAX_GROUPS})")
     unzip = zlib.decompressobj()
     raw = unzip.decompress(body, raw_bytes + 1)
     if len(raw) != raw_bytes or not unzip.eof or unzip.unused_data:
@@ -200,6 +228,10 @@ def _parse(blob: bytes, base: str, layout: Layout) -> Snapshot:
     prefix, suffix = meta["name_prefix"], meta["name_suffix"]
     if not isinstance(prefix, str) or not isinstance(suffix, str) or "/" in prefix + suffix:
         raise ValueError("the shared prefix or suffix of the names is no part of a name")
+    if len(prefix) + len(suffix) > MAX_DATA_NAME:
+        raise ValueError(f"a shared prefix and suffix of {len(prefix) + len(suffix)} characters, longer than a name")
+    if raw.count(b"\n") + 1 != groups:
+        raise ValueError("the group count does not match the header")
     snap = Snapshot([], [], [], prefix, suffix, "")
     texts = []
     for line in raw.decode("ascii").split("\n"):
@@ -212,9 +244,16 @@ def _parse(blob: bytes, base: str, layout: Layout) -> Snapshot:
         snap.has_metadata.append(flag == "1")
         snap.counts.append(stems_text.count("/") + 1)
         texts.append(stems_text)
-    if sum(snap.counts) != meta["entries"]:
+    entries = sum(snap.counts)
+    if entries != meta["entries"]:
         raise ValueError("the entry count does not match the header")
+    if raw_bytes + entries * (len(prefix) + len(suffix)) > MAX_BODY_BYTES:
+        raise ValueError(f"{entries} names of {len(prefix) + len(suffix)} shared characters each: more than "
+                         f"{MAX_BODY_BYTES} bytes once rebuilt")
     snap.middles = "/".join(texts)
+    if "///" in snap.middles or (snap.middles.count("//") + snap.middles.startswith("/")
+                                 + snap.middles.endswith("/") + (snap.middles == "")) > 1:
+        raise ValueError("more than one name is the shared prefix and suffix alone (names are unique)")
     return snap
 
 

@@ -4,6 +4,7 @@ no snapshot, however stale, damaged or foreign, makes a read return wrong bytes.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -183,9 +184,9 @@ def test_a_snapshot_gives_back_every_stem_it_was_written_with(tmp_path, stems):
     base = str(tmp_path)
     layout = Layout(base)
     assert snapshot.write(base, layout, [snapshot.Group("12/34", True, stems[:1]),
-                                         snapshot.Group("56", False, stems)])
+                                         snapshot.Group("56", False, stems[1:])])
     snap = snapshot.read(base, layout)
-    assert snap.stems() == stems[:1] + stems and snap.counts == [1, len(stems)]
+    assert snap.stems() == stems and snap.counts == [1, len(stems) - 1][:len(stems)]
     assert all(map(_plain_stems, (snap.prefix, snap.middles, snap.suffix))) == _plain_stems("/".join(stems))
 
 
@@ -284,6 +285,123 @@ def test_an_exit_during_the_scans_snapshot_write_leaves_no_temporary_file(tmp_pa
     assert os.listdir(base / snapshot.SNAPSHOT_DIR) == ["entries"]
     index, _ = loaded([str(base)])
     assert len(index) == 5
+
+
+_CRAFTED_RESTART = r"""
+import json, os, resource, sys, time, zlib
+from lmcache_plugin import snapshot
+from lmcache_plugin.layout import Layout
+from lmcache_plugin.store import KVStore, StoreOptions
+base, shape, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+layout = Layout(base)
+if shape == "long_affixes":  # one group of n+1 names, each the 3800-character shared prefix
+    raw, prefix, entries, groups = ("00\t0\t" + "/" * n).encode(), "a" * 3800, n + 1, 1
+else:                        # n groups of one one-letter name each
+    raw, prefix, entries, groups = "\n".join(["00\t0\t"] * n).encode(), "a", n, n
+body = zlib.compress(raw, 9)
+meta = {"base": os.path.realpath(base), "suffix": layout.data_suffix, "entries": entries,
+        "groups": groups, "name_prefix": prefix, "name_suffix": "", "raw_bytes": len(raw),
+        "body_bytes": len(body)}
+path = snapshot.snapshot_path(base, layout.data_suffix)
+os.makedirs(os.path.dirname(path), exist_ok=True)
+with open(path, "wb") as f:
+    f.write(snapshot.MAGIC + json.dumps(meta).encode() + b"\n" + body)
+rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+store = KVStore(StoreOptions(paths=[base], engine="posix"))
+seconds = time.perf_counter() - t0
+store.close()
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) << 10
+print(json.dumps({"file_bytes": os.path.getsize(path) if os.path.exists(path) else None,
+                  "snapshot_file_bytes": len(snapshot.MAGIC) + len(json.dumps(meta)) + 1 + len(body),
+                  "raw_bytes": len(raw), "rss_grown": grown, "constructor_s": seconds}))
+"""
+
+
+@pytest.mark.parametrize("shape, n", [("long_affixes", 150_000), ("one_name_groups", 2_000_000)])
+def test_a_tiny_crafted_snapshot_cannot_make_a_restart_build_gigabytes(tmp_path, shape, n):
+    """A restart's cost is per name and per group, and every name is rebuilt as prefix + middle
+    + suffix. A 4 KB file naming 150,001 names that are all a 3,800-character prefix, or a
+    17 KB file of 2,000,000 one-name groups, is refused (prefix and suffix longer than a name,
+    more groups than fan-out directories, more than one name equal to the affixes alone) before
+    anything is built: the restart grows by less than 256 MiB and scans instead."""
+    base = str(tmp_path / "cache")
+    os.makedirs(base)
+    out = subprocess.run([sys.executable, "-c", _CRAFTED_RESTART, base, shape, str(n)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["snapshot_file_bytes"] < 20_000
+    assert got["rss_grown"] < 256 << 20, (
+        f"a {got['snapshot_file_bytes']}-byte snapshot made the restart grow by "
+        f"{got['rss_grown'] >> 20} MiB ({got['constructor_s']:.1f} s in the constructor)")
+
+
+def test_a_snapshot_entry_the_scan_finds_in_another_path_is_counted_there(tmp_path, stores):
+    """Paths [A (write, bounded), B]; B's snapshot names key K, whose files another process
+    then moved to A. A lookup makes K's `Entry` (base B) before the scan reaches it; the scan,
+    finding K in A, moves the entry there whole: its bytes count in A, A's eviction can take it,
+    and B's next snapshot leaves it out."""
+    from lmcache_plugin.layout import metadata_path
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    k, h = "org/model@1@0@abcdef12@bfloat16", 0xABCDEF12
+    first = stores([b, a])
+    assert first.wait_for_scan(30)
+    assert first.put(k, h, bytes(1000), u8(1000))
+    first.close()
+    layout = Layout([a, b])
+    in_b, in_a = layout.data_path(b, k, h), layout.data_path(a, k, h)
+    os.makedirs(os.path.dirname(in_a))
+    os.rename(in_b, in_a)
+    os.rename(metadata_path(in_b), metadata_path(in_a))
+
+    index = Index()
+    scanner = Scanner(layout, index, stat_bases=[a])
+    index.begin_scan()
+    scanner.load_snapshots()
+    held = index.get(layout.stem(k))  # e.g. `is_pinned` before the scan reached it
+    scanner.run()
+    size = 1000 + 2 * HEADER_SIZE
+    assert held.path == in_a
+    assert (held.base, index.used_bytes(a), index.used_bytes(b)) == (a, size, 0)
+    assert [e.stem for e in index.take_lru(a, 10**9, set())] == [layout.stem(k)]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "huge_sparse"])
+def test_a_snapshot_that_is_no_small_regular_file_cannot_stall_a_restart(tmp_path, kind):
+    """A FIFO at the snapshot's name would block the restart, a link to /dev/zero never end, a
+    sparse 2 GiB file be read whole: the snapshot is opened without following links or blocking
+    and read only when it is a regular file no larger than a snapshot can be."""
+    base = tmp_path / "cache"
+    path = snapshot.snapshot_path(str(base), Layout(str(base)).data_suffix)
+    os.makedirs(os.path.dirname(path))
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev_zero":
+        os.symlink("/dev/zero", path)
+    else:
+        with open(path, "wb") as f:
+            f.truncate(2 << 30)
+    script = textwrap.dedent(
+        """
+        import resource, sys, time
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # keep the host safe
+        from lmcache_plugin.store import KVStore, StoreOptions
+        t0 = time.perf_counter()
+        KVStore(StoreOptions(paths=[sys.argv[1]], engine="posix")).close()
+        print("started in", round(time.perf_counter() - t0, 2), "s, maxrss MiB",
+              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10)
+        """
+    )
+    try:
+        out = subprocess.run([sys.executable, "-c", script, str(base)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the KVStore constructor was still blocked after 20 s ({kind} snapshot)")
+    assert out.returncode == 0, out.stderr[-1500:]
+    started, rss = out.stdout.split()[2], int(out.stdout.split()[-1])
+    assert float(started) < 2 and rss < 512, out.stdout
 
 
 def test_pygds_cache_and_lmcache_gds_backend_ignore_the_snapshot(tmp_path, stores):

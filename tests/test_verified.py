@@ -13,6 +13,7 @@ changed.
 from __future__ import annotations
 
 import os
+import platform
 import select
 import shutil
 import subprocess
@@ -90,6 +91,12 @@ def prove(store, k: str, h: int) -> None:
 def read(store, k: str, h: int) -> bytes | None:
     dest = bytearray(N)
     return bytes(dest) if store.get_into(k, h, dest) else None
+
+
+def readline(proc: subprocess.Popen, timeout: float = 30) -> str:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "the other process said nothing"
+    return proc.stdout.readline().strip()
 
 
 def path_of(store, k: str, h: int) -> str:
@@ -290,6 +297,80 @@ def test_a_store_through_a_mapping_after_the_proof_is_caught(stores, local_dir):
     assert read_after_a_store_through_a_mapping(store, k, h) is None and store.stats().corrupt == 1
 
 
+# -- other writers: a write stalled inside its system call ---------------------------------------
+
+_UFFD_WRITER = r"""
+# A writer whose single write syscall stalls (userfaultfd on its source buffer) after the kernel
+# has moved the file's mtime/ctime, then finishes on request.
+import ctypes, mmap, os, select, struct, sys, threading
+path, offset, direct = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+PAGE = 4096
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+uffd = libc.syscall(ctypes.c_long(323), ctypes.c_long(os.O_CLOEXEC))  # userfaultfd(2), x86-64
+if uffd < 0:
+    print("no userfaultfd", ctypes.get_errno(), flush=True)
+    sys.exit(0)
+api = (ctypes.c_uint64 * 3)(0xAA, 0, 0)
+assert libc.ioctl(uffd, ctypes.c_ulong(0xC018AA3F), api) == 0, ctypes.get_errno()
+region = mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(region))
+reg = (ctypes.c_uint64 * 4)(addr, PAGE, 1, 0)  # range, mode MISSING
+assert libc.ioctl(uffd, ctypes.c_ulong(0xC020AA00), reg) == 0, ctypes.get_errno()
+fd = os.open(path, os.O_WRONLY | (os.O_DIRECT if direct else 0))
+buf = (ctypes.c_char * PAGE).from_address(addr)
+result = []
+t = threading.Thread(target=lambda: result.append(os.pwrite(fd, memoryview(buf).cast("B"), offset)))
+t.start()
+msg = os.read(uffd, 32)  # the write faulted on its source: stalled inside the syscall
+print("stalled", flush=True)
+sys.stdin.readline()
+src = mmap.mmap(-1, PAGE)
+old = os.pread(os.open(path, os.O_RDONLY), PAGE, offset)
+src.write(bytes(b ^ 0xFF for b in old))
+srcaddr = ctypes.addressof(ctypes.c_char.from_buffer(src))
+cp = (ctypes.c_uint64 * 5)(addr, srcaddr, PAGE, 0, 0)
+assert libc.ioctl(uffd, ctypes.c_ulong(0xC028AA03), cp) == 0, ctypes.get_errno()
+t.join()
+os.close(fd)
+print("written", result[0], flush=True)
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the writer calls userfaultfd by its x86-64 number")
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "o_direct"])
+def test_with_the_default_checksum_a_write_stalled_inside_its_syscall_is_never_served(stores, local_dir, direct):
+    """Another process issues one in-place `pwrite` (buffered or O_DIRECT) of a page of an
+    entry's data whose source buffer faults (userfaultfd here; a source mapped from a slow FUSE
+    or NFS file does the same). The kernel moves mtime and ctime before it copies a byte, then
+    the call sleeps. Two seconds later the file looks settled and clean, and a read hashes the
+    old bytes; the write then lands without moving a timestamp. `checksum: once` would take the
+    file as proved there (its documented trust); the default hashes every read and refuses the
+    changed bytes."""
+    store = stores(local_dir, fsync=True)
+    assert store.wait_for_scan(30)
+    k, h, data = entry(9)
+    assert store.put(k, h, data, EntryHeader.single((N,), "U8", 1))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _UFFD_WRITER, path_of(store, k, h), str(HEADER_SIZE), "1" if direct else "0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        said = readline(writer)
+        if said.startswith("no userfaultfd"):
+            pytest.skip(f"userfaultfd is not available here ({said})")
+        assert said == "stalled"
+        time.sleep(2.3)  # `verified.SETTLE_NS`, not shortened
+        assert read(store, k, h) == data
+        writer.stdin.write("\n")
+        writer.stdin.flush()
+        assert readline(writer).startswith("written 4096")
+    finally:
+        writer.stdin.close()
+        writer.wait(30)
+    assert read(store, k, h) is None and store.stats().checksum_skipped == 0
+
+
 # -- other writers: into the files a put writes -----------------------------------------------------
 
 _WATCHER = textwrap.dedent(
@@ -339,12 +420,6 @@ def same_directory_entry(i: int) -> tuple[str, int, bytes]:
     """Entries whose chunk hashes (12340000 and up) all fan out to directory 12/34."""
     chunk_hash = 12_340_000 + i
     return f"org/model@1@0@{chunk_hash:x}@bfloat16", chunk_hash, entry(i)[2]
-
-
-def readline(proc: subprocess.Popen, timeout: float = 30) -> str:
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    assert ready, "the other process said nothing"
-    return proc.stdout.readline().strip()
 
 
 @pytest.mark.parametrize("mode", ["create", "moved"])
