@@ -44,7 +44,8 @@ class StoreStats:
     read_errors: int
     corrupt: int
     checksum_skipped: int
-    """Reads that did not hash a file this process had verified before (`verified.py`)."""
+    """Reads that did not hash a file this process had verified before (checksum "once",
+    `verified.py`)."""
     bytes_read: int
     bytes_written: int
     evictions: int

@@ -4,7 +4,8 @@ Nothing on disk is taken on trust. Every read re-reads the header from the open 
 it against the key asked for (a renamed or swapped file, or a name a case-insensitive file system
 folds onto another, holds another key), the file's length, the header `lookup` returned and the
 destination; it checks that all the data came and verifies the checksum of exactly the bytes
-read, except where this process already verified the very same file version (`verified.py`).
+read, except, with checksum "once", where this process already verified the very same file
+version (`verified.py`).
 `verify_file` runs the same checks for `pygds cache verify`, reading into host memory, always
 hashing.
 """
