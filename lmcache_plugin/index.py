@@ -123,11 +123,7 @@ class Index:
                     added += 1
                     known = self._entries.get(stem) or self._scanned.get(stem)
                     if isinstance(known, Entry):
-                        self._account(known, -1)
-                        if known.path != entry.path:
-                            known.base, known.path, known.header, known.digest = entry.base, entry.path, None, None
-                        known.size, known.has_metadata = entry.size, entry.has_metadata
-                        self._account(known, +1)
+                        self._move(known, entry.base, entry.path, entry.has_metadata, entry.size)
                         continue
                     if known is not None:  # still the snapshot's listing
                         self._scanned[stem] = entry
@@ -165,19 +161,29 @@ class Index:
 
     def _confirm(self, listed: dict[str, ScannedDir]) -> int:
         """The scan listed these stems: a snapshot's entry of one elsewhere (another path or
-        directory) takes the listed place; all are confirmed (returns how many)."""
+        directory) takes the listed place, in place where a lookup has made its `Entry`; all are
+        confirmed (returns how many)."""
         confirmed = self._unconfirmed.intersection(listed)
         self._unconfirmed.difference_update(confirmed)
         for stem in confirmed:
-            old, where = self._scanned.get(stem), listed[stem]
-            if old is None or old == where:
-                continue
-            if isinstance(old, Entry):
-                if old.path == os.path.join(where.directory, stem + where.suffix):
-                    continue
-                self._account(old, -1)
-            self._scanned[stem] = where
+            where = listed[stem]
+            known = self._entries.get(stem) or self._scanned.get(stem)
+            if isinstance(known, Entry):
+                path = os.path.join(where.directory, stem + where.suffix)
+                if known.path != path:
+                    self._move(known, where.base, path, where.has_metadata, None)
+            elif known is not None and known != where:
+                self._scanned[stem] = where
         return len(confirmed)
+
+    def _move(self, known: Entry, base: str, path: str, has_metadata: bool, size: int | None) -> None:
+        """Give an `Entry` a lookup made from a snapshot's listing what the scan found, in place:
+        whoever holds or pinned it keeps the one object (lock held)."""
+        self._account(known, -1)
+        if known.path != path:
+            known.base, known.path, known.header, known.digest = base, path, None, None
+        known.size, known.has_metadata = size, has_metadata
+        self._account(known, +1)
 
     def pop(self, stem: str) -> Entry | None:
         """Remove and return the entry (a tombstone while a scan runs)."""

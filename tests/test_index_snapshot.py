@@ -337,13 +337,9 @@ def test_a_tiny_crafted_snapshot_cannot_make_a_restart_build_gigabytes(tmp_path,
         f"{got['rss_grown'] >> 20} MiB ({got['constructor_s']:.1f} s in the constructor)")
 
 
-def test_a_snapshot_entry_the_scan_finds_in_another_path_is_counted_there(tmp_path, stores):
-    """Paths [A (write, bounded), B]; B's snapshot names key K, whose files another process
-    then moved to A. A lookup makes K's `Entry` (base B) before the scan reaches it; the scan,
-    finding K in A, moves the entry there whole: its bytes count in A, A's eviction can take it,
-    and B's next snapshot leaves it out."""
-    from lmcache_plugin.layout import metadata_path
-
+def moved_after_the_snapshot(tmp_path, stores) -> tuple[Layout, str, str, str, str]:
+    """Paths [A, B]; B's snapshot names one entry, whose files another process then moves to A:
+    (the layout, A, B, the entry's stem, its data file in A)."""
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     k, h = "org/model@1@0@abcdef12@bfloat16", 0xABCDEF12
     first = stores([b, a])
@@ -355,17 +351,42 @@ def test_a_snapshot_entry_the_scan_finds_in_another_path_is_counted_there(tmp_pa
     os.makedirs(os.path.dirname(in_a))
     os.rename(in_b, in_a)
     os.rename(metadata_path(in_b), metadata_path(in_a))
+    return layout, a, b, layout.stem(k), in_a
+
+
+def test_a_snapshot_entry_the_scan_finds_in_another_path_is_counted_there(tmp_path, stores):
+    """Paths [A (write, bounded), B]; B's snapshot names key K, whose files another process
+    then moved to A. A lookup makes K's `Entry` (base B) before the scan reaches it; the scan,
+    finding K in A, moves the entry there whole: its bytes count in A, A's eviction can take it,
+    and B's next snapshot leaves it out."""
+    layout, a, b, stem_k, in_a = moved_after_the_snapshot(tmp_path, stores)
 
     index = Index()
     scanner = Scanner(layout, index, stat_bases=[a])
     index.begin_scan()
     scanner.load_snapshots()
-    held = index.get(layout.stem(k))  # e.g. `is_pinned` before the scan reached it
+    held = index.get(stem_k)  # e.g. `is_pinned` before the scan reached it
     scanner.run()
     size = 1000 + 2 * HEADER_SIZE
     assert held.path == in_a
     assert (held.base, index.used_bytes(a), index.used_bytes(b)) == (a, size, 0)
-    assert [e.stem for e in index.take_lru(a, 10**9, set())] == [layout.stem(k)]
+    assert [e.stem for e in index.take_lru(a, 10**9, set())] == [stem_k]
+
+
+@pytest.mark.parametrize("touch", [False, True], ids=["looked_up", "read"])
+def test_a_listing_moves_a_looked_up_snapshot_entry_in_place(tmp_path, stores, touch):
+    """The same move found by a listing (no capacity bound, sizes unknown): the `Entry` a lookup
+    made, pinned, read or not, is the one object at the listed place afterwards."""
+    layout, a, _, stem_k, in_a = moved_after_the_snapshot(tmp_path, stores)
+
+    index = Index()
+    scanner = Scanner(layout, index)
+    index.begin_scan()
+    scanner.load_snapshots()
+    held = index.get(stem_k, touch=touch)
+    index.pin(held)
+    scanner.run()
+    assert index.get(stem_k) is held and (held.base, held.path, held.pins) == (a, in_a, 1)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev_zero", "huge_sparse"])
