@@ -270,14 +270,14 @@ class Scanner:
         )
         stats = self.stats
         if self.snapshots and complete and (stats.entries != stats.snapshot_entries or stats.snapshot_dropped):
-            self.save(background=threading.current_thread() is self._thread)
+            self.save()
 
-    def save(self, background: bool = False) -> None:
+    def save(self) -> None:
         """Write each path's snapshot of the index as it is now (never raises: a path that
-        refuses only means a slower next start). A `background` save (the scan thread's) is
-        skipped once the interpreter exits."""
+        refuses only means a slower next start). Once the interpreter exits, a daemon thread's
+        save (the scan thread's) is skipped: the exit would cut it short."""
         with _saves:
-            if background and _exiting:
+            if _exiting and threading.current_thread().daemon:
                 return
             try:
                 items = self.index.items()
