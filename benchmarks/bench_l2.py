@@ -23,7 +23,7 @@ output is MiB/s of requested bytes). A run whose keys did not all succeed, or wh
 did not pass, counts as a failure. The command lines are printed with the table.
 
     python benchmarks/bench_l2.py [--data-size-kb 256] [--num-keys 32] [--in-flight 4]
-                                  [--rounds 5] [--runs 1] [--cold] [--dir D] [--json FILE]
+                                  [--rounds 5] [--runs 1] [--cold] [--modes M,...] [--dir D] [--json FILE]
 
 Exit status 0 when every goal was met, 1 when one was missed, 2 on a failed run.
 """
@@ -133,8 +133,16 @@ def main() -> int:
     parser.add_argument("--dir", default=None, help="where the fresh directories go (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--cold", action="store_true", help="add the cold pair (root: drops the page cache)")
+    parser.add_argument("--modes", default=None,
+                        help=f"comma-separated pairs to run, of {', '.join(GOALS)} (default: all but cold, "
+                             "cold too with --cold)")
     args = parser.parse_args()
     modes = [m for m in GOALS if m != "cold" or args.cold]
+    if args.modes is not None:
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        unknown = [m for m in modes if m not in GOALS]
+        if unknown or not modes:
+            parser.error(f"--modes {args.modes!r}: use one or more of {', '.join(GOALS)}")
     base = tempfile.mkdtemp(prefix="bench-l2-", dir=args.dir)
     results: dict[str, dict[str, dict[str, float]]] = {}
     commands: dict[str, str] = {}

@@ -15,6 +15,11 @@ by default), going on past failures:
   bench-plugin   `benchmarks/bench_plugin.py --device cuda --baseline gds`: against LMCache
                  GdsBackend on a CUDA destination (in a dry run: its CPU run)
   bench-kvikio   `benchmarks/bench_kvikio.py --no-standin`: pygds vs KvikIO, device and host memory
+  bench-plugin-cpu  `benchmarks/bench_plugin.py --device cpu`: the plugin against LMCache's
+                 LocalDiskBackend on this machine's CPUs and disk (skipped in a dry run, whose
+                 bench-plugin step is this comparison)
+  bench-l2-256k, bench-l2-4m  `benchmarks/bench_l2.py`: the MP-mode L2 adapter against LMCache's
+                 `fs_native` with 256 KiB and 4 MiB entries (host memory only; the cold pair as root)
 
 Where `/proc/modules` cannot be read (a gVisor-style sandbox, where libcufile would spin forever
 in `cuFileDriverOpen`) every step runs with the sandbox shim of `tests/standin` preloaded, which
@@ -175,6 +180,7 @@ def install_step(ctx: Context) -> Step:
         step.action = lambda: ("no wheels in .whl: run `bash ../shared/tools/device-wheels.sh` in the "
                                "repository root before the device call, and carry .whl")
         return step
+    _prepend(ctx.env, "PATH", str(site / "bin"))  # the wheels' commands (`lmcache` for bench-l2)
     step.command = [PY, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                     "--no-cache-dir", "--upgrade", "--target", str(site), *wheels]
     return step
@@ -292,8 +298,31 @@ def bench_kvikio_step(ctx: Context) -> Step:
     return step
 
 
+def bench_plugin_cpu_step(ctx: Context) -> Step:
+    """The CPU comparison on the lent machine's cores and disk (a dry run's bench-plugin is this)."""
+    step = Step("bench-plugin-cpu", 120, [PY, "benchmarks/bench_plugin.py", "--device", "cpu", "--dir", str(ctx.data),
+                                          "--json", str(ctx.out / "bench_plugin_cpu.json"), "--chunks", "8",
+                                          "--runs", "3"], codes=GOAL_MISSED)
+    if ctx.dry_run:
+        step.skip = "dry run: the bench-plugin step ran this comparison"
+    return step
+
+
+def bench_l2_step(size_kb: int, name: str) -> Callable[[Context], Step]:
+    def make(ctx: Context) -> Step:
+        if ctx.quick:
+            sizes = ["--modes", "defaults", "--num-keys", "4", "--rounds", "1", "--runs", "1"]
+        else:
+            sizes = ["--runs", "2", *(["--cold"] if os.geteuid() == 0 else [])]
+        return Step(name, 150, [PY, "benchmarks/bench_l2.py", "--data-size-kb", str(size_kb), "--dir", str(ctx.data),
+                                "--json", str(ctx.out / f"{name.replace('-', '_')}.json"), *sizes],
+                    codes=GOAL_MISSED)
+    return make
+
+
 STEPS = (install_step, libcufile_step, environment_step, gpu_tests_step, cufile_suite_step, bench_cufile_step,
-         bench_plugin_step, bench_kvikio_step)
+         bench_plugin_step, bench_kvikio_step, bench_plugin_cpu_step, bench_l2_step(256, "bench-l2-256k"),
+         bench_l2_step(4096, "bench-l2-4m"))
 ALWAYS = ("install", "libcufile")  # the other steps need them
 
 
