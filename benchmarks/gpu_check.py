@@ -20,6 +20,8 @@ by default), going on past failures:
                  bench-plugin step is this comparison)
   bench-l2-256k, bench-l2-4m  `benchmarks/bench_l2.py`: the MP-mode L2 adapter against LMCache's
                  `fs_native` with 256 KiB and 4 MiB entries (host memory only; the cold pair as root)
+  bench-l2-floor `benchmarks/bench_l2_floor.py`: the adapter's 256 KiB loads against the least a
+                 pure-Python adapter does per key
 
 Where `/proc/modules` cannot be read (a gVisor-style sandbox, where libcufile would spin forever
 in `cuFileDriverOpen`) every step runs with the sandbox shim of `tests/standin` preloaded, which
@@ -28,7 +30,8 @@ libcufile's udev look-up (any block device: ext4). The summary says which applie
 
 Everything goes under `--out` (default `$OUT`): `summary.md` (each step with its exit code, status
 and seconds first; rewritten after every step, so a cut-off run still leaves one), `steps.log`
-(every step's output, then libcufile's log) and the benchmarks' JSON. `--dry-run` runs the same
+(every step's output, then libcufile's log) and `results.json` (each benchmark's JSON under its step's
+name, also rewritten after every step: a lent machine hands back only a few files). `--dry-run` runs the same
 commands here against the CUDA driver stand-in of `tests/standin`, with this environment's
 packages instead of the wheels, to prove the script on CPU; `--quick` shrinks every step.
 
@@ -101,6 +104,10 @@ class Context:
     cufile_log: Path
     facts: list[str] = field(default_factory=list)
 
+    def result(self, step: str) -> str:
+        """Where `step`'s benchmark writes its JSON; `collect_results` gathers them into one file."""
+        return str(self.work / "results" / f"{step}.json")
+
     @property
     def log(self) -> Path:
         return self.out / "steps.log"
@@ -154,6 +161,7 @@ def make_context(args: argparse.Namespace) -> Context:
     work = Path(tempfile.mkdtemp(prefix="pygds-gpu-check-"))
     data = Path(args.data_dir).resolve() if args.data_dir else work / "data"
     data.mkdir(parents=True, exist_ok=True)
+    (work / "results").mkdir()
     facts: list[str] = []
     if args.dry_run:
         standin = build_standin(work / "standin")
@@ -268,14 +276,14 @@ GOAL_MISSED = {1: "ran; a goal was missed"}
 def bench_cufile_step(ctx: Context) -> Step:
     sizes = ["--runs", "2", "--small-calls", "500", "--large-reads", "1"] if ctx.quick else ["--runs", "7"]
     return Step("bench-cufile", 120, [PY, "benchmarks/bench_cufile.py", "--no-standin", "--dir", str(ctx.data),
-                                      "--json", str(ctx.out / "bench_cufile.json"), *sizes], codes=GOAL_MISSED)
+                                      "--json", ctx.result("bench-cufile"), *sizes], codes=GOAL_MISSED)
 
 
 def bench_plugin_step(ctx: Context) -> Step:
     """Against LMCache GdsBackend on a CUDA destination; in a dry run, the CPU comparison."""
     sizes = (["--chunks", "2", "--runs", "1", "--no-cold", "--no-ceiling"] if ctx.quick
              else ["--chunks", "8", "--runs", "3"])
-    command = [PY, "benchmarks/bench_plugin.py", "--dir", str(ctx.data), "--json", str(ctx.out / "bench_plugin.json"),
+    command = [PY, "benchmarks/bench_plugin.py", "--dir", str(ctx.data), "--json", ctx.result("bench-plugin"),
                *sizes]
     step = Step("bench-plugin", 150, command, codes=GOAL_MISSED)
     if ctx.dry_run:
@@ -288,7 +296,7 @@ def bench_plugin_step(ctx: Context) -> Step:
 def bench_kvikio_step(ctx: Context) -> Step:
     sizes = ["--quick", "--runs", "1", "--volume", "8M", "--sizes", "4K,1M"] if ctx.quick else ["--runs", "5"]
     step = Step("bench-kvikio", 150, [PY, "benchmarks/bench_kvikio.py", "--no-standin", "--dir", str(ctx.data),
-                                      "--json", str(ctx.out / "bench_kvikio.json"), *sizes], codes=GOAL_MISSED)
+                                      "--json", ctx.result("bench-kvikio"), *sizes], codes=GOAL_MISSED)
     if ctx.dry_run:
         probe = subprocess.run([PY, "-c", "import kvikio"], env=ctx.env, capture_output=True, text=True,
                                timeout=120, check=False)
@@ -301,7 +309,7 @@ def bench_kvikio_step(ctx: Context) -> Step:
 def bench_plugin_cpu_step(ctx: Context) -> Step:
     """The CPU comparison on the lent machine's cores and disk (a dry run's bench-plugin is this)."""
     step = Step("bench-plugin-cpu", 120, [PY, "benchmarks/bench_plugin.py", "--device", "cpu", "--dir", str(ctx.data),
-                                          "--json", str(ctx.out / "bench_plugin_cpu.json"), "--chunks", "8",
+                                          "--json", ctx.result("bench-plugin-cpu"), "--chunks", "8",
                                           "--runs", "3"], codes=GOAL_MISSED)
     if ctx.dry_run:
         step.skip = "dry run: the bench-plugin step ran this comparison"
@@ -315,14 +323,20 @@ def bench_l2_step(size_kb: int, name: str) -> Callable[[Context], Step]:
         else:
             sizes = ["--runs", "2", *(["--cold"] if os.geteuid() == 0 else [])]
         return Step(name, 150, [PY, "benchmarks/bench_l2.py", "--data-size-kb", str(size_kb), "--dir", str(ctx.data),
-                                "--json", str(ctx.out / f"{name.replace('-', '_')}.json"), *sizes],
+                                "--json", ctx.result(name), *sizes],
                     codes=GOAL_MISSED)
     return make
 
 
+def bench_l2_floor_step(ctx: Context) -> Step:
+    sizes = ["--keys", "16", "--runs", "1"] if ctx.quick else ["--keys", "256", "--runs", "7"]
+    return Step("bench-l2-floor", 90, [PY, "benchmarks/bench_l2_floor.py", "--dir", str(ctx.data),
+                                       "--json", ctx.result("bench-l2-floor"), *sizes])
+
+
 STEPS = (install_step, libcufile_step, environment_step, gpu_tests_step, cufile_suite_step, bench_cufile_step,
          bench_plugin_step, bench_kvikio_step, bench_plugin_cpu_step, bench_l2_step(256, "bench-l2-256k"),
-         bench_l2_step(4096, "bench-l2-4m"))
+         bench_l2_step(4096, "bench-l2-4m"), bench_l2_floor_step)
 ALWAYS = ("install", "libcufile")  # the other steps need them
 
 
@@ -384,6 +398,13 @@ def run_step(ctx: Context, step: Step, deadline: float) -> None:
         step.status += f"; {step.note}"
 
 
+def collect_results(ctx: Context) -> None:
+    """Every benchmark JSON written so far, as one `results.json` ({step: its JSON}): a lent
+    machine hands back only a few files."""
+    found = {p.stem: json.loads(p.read_text()) for p in sorted((ctx.work / "results").glob("*.json"))}
+    (ctx.out / "results.json").write_text(json.dumps(found, indent=1) + "\n")
+
+
 def write_summary(ctx: Context, steps: list[Step], started: str, elapsed: float, budget: float) -> None:
     mode = "dry run on the CUDA driver stand-in" if ctx.dry_run else "lent GPU"
     lines = [f"# pygds GPU check ({mode}{', quick' if ctx.quick else ''})", "",
@@ -436,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             run_step(ctx, step, deadline)
             print(f"[gpu-check] {step.name}: {step.status} ({step.seconds:.1f} s)", flush=True)
             write_summary(ctx, steps, started, time.monotonic() - begin, args.budget)
+            collect_results(ctx)
         log_line(ctx, f"\n===== libcufile's log ({ctx.cufile_log})")
         if ctx.cufile_log.exists():
             with open(ctx.log, "a") as log:

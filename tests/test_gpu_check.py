@@ -18,10 +18,8 @@ from benchmarks.gpu_check import TIMED_OUT, Context, Step, run_step
 from standin.build import REPO_ROOT, CompilerMissing, find_compiler
 
 STEPS = ("install", "libcufile", "environment", "gpu-tests", "cufile-suite", "bench-cufile", "bench-plugin",
-         "bench-kvikio", "bench-plugin-cpu", "bench-l2-256k", "bench-l2-4m")
-BENCH_JSON = {"bench-cufile": "bench_cufile.json", "bench-plugin": "bench_plugin.json",
-              "bench-kvikio": "bench_kvikio.json", "bench-l2-256k": "bench_l2_256k.json",
-              "bench-l2-4m": "bench_l2_4m.json"}
+         "bench-kvikio", "bench-plugin-cpu", "bench-l2-256k", "bench-l2-4m", "bench-l2-floor")
+BENCHMARKS = ("bench-cufile", "bench-plugin", "bench-kvikio", "bench-l2-256k", "bench-l2-4m", "bench-l2-floor")
 RAN = ("ok", "ran; a goal was missed")
 
 
@@ -51,6 +49,8 @@ def test_dry_run_runs_every_step_on_the_standin(tmp_path: Path) -> None:
     assert tuple(rows) == STEPS, shown
     assert rows["install"] == ("-", rows["install"][1]) and rows["install"][1].startswith("skipped: dry run"), shown
     kvikio = importlib.util.find_spec("kvikio") is not None
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "steps.log", "summary.md"], shown
     for name in STEPS[1:]:
         code, status = rows[name]
         if name == "bench-kvikio" and not kvikio:  # only this step needs KvikIO
@@ -61,11 +61,11 @@ def test_dry_run_runs_every_step_on_the_standin(tmp_path: Path) -> None:
             continue
         assert code in ("0", "1") and status.startswith(RAN), f"{name}: {code} {status}\n{shown}"
         assert f"===== {name}:" in log
-        if name in BENCH_JSON:
-            assert json.loads((out / BENCH_JSON[name]).read_text()), shown
+        if name in BENCHMARKS:
+            assert results[name], shown
     assert "dry run: CPU destination" in rows["bench-plugin"][1], shown
     if kvikio:
-        cases = json.loads((out / "bench_kvikio.json").read_text())["cases"]
+        cases = results["bench-kvikio"]["cases"]
         assert sorted(c["name"] for c in cases) == sorted(f"{m} {op} {s}" for m in ("host", "device")
                                                            for op in ("read", "write") for s in ("4 KiB", "1 MiB"))
         assert all(set(c["times"]) == {"pygds", "KvikIO"} for c in cases)
