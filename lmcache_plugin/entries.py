@@ -4,7 +4,13 @@ dropping bad ones and putting back ones that could not be deleted.
 Paths are shared with other writers (other stores, `pygds cache evict`, a user's `mv`), so the
 index only says where to look. A bad file is remembered by its path and identity (device, inode,
 size, mtime, ctime: `verified.identity`) so that probes skip it until it changes (a new put
-replaces it; a repair in place moves its ctime).
+replaces it; a repair in place moves its ctime), but only on local disk file systems
+(`verified.local_devices`). On FUSE and network file systems the `fstat` of an open file can
+describe another file: bindfs (libfuse's path API) answers it for whatever is at the name now,
+and one kernel inode per name shares its page cache among every file ever there, so a read of a
+good file just put at the name can return the bytes of the bad one another process still reads.
+Remembering that identity would hide the good file from every later probe; there a bad file is
+checked again by each probe, and only its first drop warns.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from .counters import Counters
 from .format import HEADER_SIZE
 from .index import Entry, Index
 from .layout import Layout, metadata_path
-from .verified import identity
+from .verified import identity, local_devices
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,7 @@ class Entries:
         self._claims = claims
         self._counters = counters
         self._bad: dict[str, Identity] = {}
+        self._local = local_devices(layout.unique_paths)  # where a bad file's identity can be trusted
 
     def find(self, key_text: str, chunk_hash: int | str, *, touch: bool) -> Entry | None:
         """Index first, then disk; None while the stem is being written or deleted."""
@@ -69,7 +76,8 @@ class Entries:
                 st = stat_by_open(path)
             except OSError:
                 continue
-            if not stat.S_ISREG(st.st_mode) or self._bad.get(stem) == _identity(path, st):
+            if not stat.S_ISREG(st.st_mode) or (self._local.get(base) == st.st_dev
+                                                and self._bad.get(stem) == _identity(path, st)):
                 continue
             has_meta = os.path.exists(metadata_path(path))
             entry = Entry(
@@ -99,16 +107,19 @@ class Entries:
         return self.probe(key_text, chunk_hash, stem) is not None
 
     def drop(self, entry: Entry, exc: BaseException, st: os.stat_result | None, counter: str) -> None:
-        """Forget a bad entry (index and future probes of the same file, `st` being the `fstat`
-        of the file found bad), one warning. Without `st` (the file could not be opened) nothing
-        is remembered: a `stat` now could describe a good file another store has just put there,
-        and probes skip files they cannot open anyway."""
+        """Forget a bad entry (index and, on a local disk file system, future probes of the same
+        file, `st` being the `fstat` of the file found bad), one warning per file. Without `st`
+        (the file could not be opened) nothing is remembered: a `stat` now could describe a good
+        file another store has just put there, and probes skip files they cannot open anyway."""
         if self.index.get(entry.stem) is entry:
             self.index.pop(entry.stem)
+        again = False
         if st is not None:
-            self._bad[entry.stem] = _identity(entry.path, st)
+            bad = _identity(entry.path, st)
+            again = self._bad.get(entry.stem) == bad
+            self._bad[entry.stem] = bad
         self._counters.bump(**{counter: 1})
-        logger.warning("dropping KV cache entry %s: %s", entry.path, exc)
+        (logger.debug if again else logger.warning)("dropping KV cache entry %s: %s", entry.path, exc)
 
     def forget(self, entry: Entry) -> None:
         """The entry's file vanished: drop it from the index quietly."""

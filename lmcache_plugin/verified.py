@@ -77,13 +77,9 @@ class VerifiedFiles:
     """The proved files of some base paths (see the module docstring)."""
 
     def __init__(self, bases: Iterable[str], enabled: bool = True) -> None:
-        self._bases: dict[str, int] = {}
+        self._bases = local_devices(bases) if enabled else {}
         """Base path -> its device: a file on another device (a mount below the base) is never
         remembered."""
-        for base in bases if enabled else ():
-            device = _local_device(base)
-            if device is not None:
-                self._bases[base] = device
         self._proved: dict[str, int] = {}  # data path -> hash of its identity when proved
         self._lock = threading.Lock()
 
@@ -139,12 +135,17 @@ class VerifiedFiles:
                 del self._proved[next(iter(self._proved))]
 
 
-def _local_device(base: str) -> int | None:
-    """The device of `base` when it lies on one of `LOCAL_FILE_SYSTEMS`, else None."""
-    try:
-        kind = fsinfo.fs_type(base)
-        device = os.stat(base).st_dev
-    except OSError as exc:
-        logger.debug("file system of %s unknown (%s): every read verifies", base, exc)
-        return None
-    return device if kind in LOCAL_FILE_SYSTEMS else None
+def local_devices(bases: Iterable[str]) -> dict[str, int]:
+    """Base path -> its device, for the bases that lie on one of `LOCAL_FILE_SYSTEMS`: there, and
+    only there, the `fstat` of an open file describes that file."""
+    found = {}
+    for base in bases:
+        try:
+            kind = fsinfo.fs_type(base)
+            device = os.stat(base).st_dev
+        except OSError as exc:
+            logger.debug("file system of %s unknown (%s): not a local disk file system", base, exc)
+            continue
+        if kind in LOCAL_FILE_SYSTEMS:
+            found[base] = device
+    return found

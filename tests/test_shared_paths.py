@@ -291,3 +291,62 @@ def test_stores_sharing_paths_over_two_fuse_mounts_with_swapped_and_damaged_file
     bases, worker_paths = _fuse_paths(shared, a, b)
     _shared_paths_case("FUSE two mounts, injected", tmp_path / "work", bases, worker_paths,
                        bases, FUSE_SETTLE_S)
+
+
+_OLD_FILE_READER = """
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+print("open", flush=True)
+sys.stdin.readline()
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    os.pread(fd, 8192, 0)
+"""
+
+
+def test_a_good_file_put_over_a_bad_one_through_the_other_mount_is_found(tmp_path, two_mounts):
+    """bindfs answers an open file's `fstat` for whatever is at the name now, and the kernel
+    keeps one page cache per name: while another process on the same mount still reads a bad file,
+    a store reading the good file just put over it (through the other mount) can see the bad
+    bytes under the good file's identity. Once that reader is gone the good file must be found,
+    not skipped as bad for good (`entries.py`)."""
+    from faults import entry_data, u8_header
+    from lmcache_plugin.store import KVStore, StoreOptions
+
+    shared, mount_a, mount_b = two_mounts
+    n = 16384
+
+    def store(mount: Path) -> KVStore:
+        return KVStore(StoreOptions(paths=[str(mount / "nvme0")], engine="posix", io_threads=0, scan=False))
+
+    for attempt in range(2):
+        key, chunk = f"org/u@1@0@{2 * attempt + 1:x}@bfloat16", 20_000_000 + 7919 * (2 * attempt + 1)
+        other, other_chunk = f"org/u@1@0@{2 * attempt + 2:x}@bfloat16", 20_000_000 + 7919 * (2 * attempt + 2)
+        a, b = store(mount_a), store(mount_b)
+        try:
+            path_a, path_b = (s.layout.data_path(s.layout.write_path, key, chunk) for s in (a, b))
+            other_b = b.layout.data_path(b.layout.write_path, other, other_chunk)
+            assert b.put(other, other_chunk, entry_data(other, n), u8_header(n))
+            os.makedirs(os.path.dirname(path_b), exist_ok=True)
+            os.rename(other_b, path_b)  # a bad file at the key's name: another key's entry
+            os.rename(other_b + ".metadata", path_b + ".metadata")
+            time.sleep(FUSE_SETTLE_S)
+            reader = subprocess.Popen([sys.executable, "-c", _OLD_FILE_READER, path_a, "0.5"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+            try:
+                assert reader.stdout.readline().strip() == "open"
+                assert b.remove(key, chunk) and b.put(key, chunk, entry_data(key, n), u8_header(n))
+                reader.stdin.write("go\n")
+                reader.stdin.flush()
+                end = time.monotonic() + 0.4
+                while time.monotonic() < end:  # during the race: misses allowed, wrong bytes never
+                    out = bytearray(n)
+                    assert not a.get_into(key, chunk, out) or out == entry_data(key, n)
+            finally:
+                reader.wait(timeout=60)
+            time.sleep(FUSE_SETTLE_S)  # nothing touches the key any more; FUSE caches expire
+            out = bytearray(n)
+            assert a.get_into(key, chunk, out) and out == entry_data(key, n), f"attempt {attempt}: {a.stats()}"
+        finally:
+            a.close()
+            b.close()

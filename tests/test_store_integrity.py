@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -37,6 +38,8 @@ from lmcache_plugin.format import (
 )
 from lmcache_plugin.layout import metadata_path
 from lmcache_plugin.store import EntryGoneError, KVStore, StoreOptions
+from lmcache_plugin.verified import local_devices
+from pygds.fsinfo import fs_type
 from standin.build import REPO_ROOT, CompilerMissing
 
 DATA_TMP = ".kvcache.safetensors.tmp"
@@ -178,10 +181,46 @@ def test_swapped_data_files_are_refused_not_served(tmp_path, stores, caplog):
             out = bytearray(8192)
             assert not s.get_into(k, h, out)
             assert not s.get_into(k, h, out)
-        assert s.stats().corrupt == 2
+        assert s.stats().corrupt == (2 if local_devices([str(tmp_path)]) else 4)  # see the next test
     lines = warnings_of(caplog)
     assert len(lines) == 4 and all("entry holds key" in line for line in lines)
     assert not os.path.exists(metadata_path(pa))
+
+
+@pytest.fixture
+def tmpfs_dir():
+    """A fresh folder on tmpfs (/dev/shm), removed afterwards; skips where there is none."""
+    if not os.path.isdir("/dev/shm") or fs_type("/dev/shm") != "tmpfs":
+        pytest.skip("/dev/shm is not a tmpfs here")
+    path = tempfile.mkdtemp(prefix="pygds-test-", dir="/dev/shm")
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("where", ["local disk", "tmpfs"])
+def test_a_bad_file_is_skipped_by_later_probes_only_on_a_local_disk_file_system(tmp_path, stores, caplog, where,
+                                                                                 request):
+    """Only on a local disk file system does an open file's `fstat` surely describe that file (on
+    bindfs it describes whatever is at the name now), so only there is a bad file's identity
+    remembered and the file skipped; elsewhere each probe checks it again. One warning either way."""
+    base = tmp_path if where == "local disk" else request.getfixturevalue("tmpfs_dir")
+    if bool(local_devices([str(base)])) != (where == "local disk"):
+        pytest.skip(f"{base} is on {fs_type(str(base))}, not on a {where} file system")
+    store = stores([str(base)])
+    (ka, ha), (kb, hb) = key(0), key(1)
+    assert store.put(ka, ha, rand_bytes(8192, 20), u8(8192)) and store.put(kb, hb, rand_bytes(8192, 21), u8(8192))
+    pa, pb = store.layout.data_path(str(base), ka, ha), store.layout.data_path(str(base), kb, hb)
+    os.rename(pa, pa + ".x")
+    os.rename(pb, pa)
+    os.rename(pa + ".x", pb)
+    caplog.set_level(logging.WARNING)
+    for _ in range(3):
+        assert not store.get_into(ka, ha, bytearray(8192))
+        assert not store.contains(ka, ha) if where == "local disk" else store.contains(ka, ha)
+    corrupt = store.stats().corrupt
+    assert corrupt == 1 if where == "local disk" else corrupt >= 3, corrupt  # elsewhere every get checks it
+    assert len(warnings_of(caplog)) == 1
+    assert os.path.exists(pa)  # a bad file is never removed: it may be another process's to mend
 
 
 @pytest.mark.parametrize("change", ["truncate", "extend", "header"])
