@@ -211,10 +211,23 @@ class Index:
             if indexed:
                 self._account(entry, +1)
 
-    def pin(self, entry: Entry) -> None:
-        """Add one pin: eviction never takes a pinned entry."""
+    def pin(self, entry: Entry) -> bool:
+        """Add one pin: eviction never takes a pinned entry. False (nothing pinned) when `entry` is
+        no longer the indexed one: evicted or removed since it was found."""
         with self.lock:
+            if self._entries.get(entry.stem) is not entry and self._scanned.get(entry.stem) is not entry:
+                return False
             entry.pins += 1
+            return True
+
+    def pop_unpinned(self, stem: str) -> tuple[bool, Entry | None]:
+        """`pop` unless the entry is pinned, as one step against `pin`: (False, the entry) when it
+        is pinned and stays, else (True, the entry popped or None)."""
+        with self.lock:
+            entry = self.get(stem)
+            if entry is not None and entry.pins > 0:
+                return False, entry
+            return True, self.pop(stem)
 
     def unpin(self, entry: Entry) -> bool:
         """Undo one `pin`; False when the entry has none."""

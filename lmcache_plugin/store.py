@@ -221,6 +221,10 @@ class KVStore:
                 f"data holds {view.nbytes} bytes but the header describes {header.nbytes}; "
                 "build the header from the data's own shapes and dtypes"
             )
+        # A key already stored takes no claim: a claim hides the entry from lookups meanwhile
+        if self._entries.on_disk(key_text, chunk_hash, stem):
+            self._counters.bump(put_skipped=1)
+            return False
         busy = self._claims.claim(stem, "put")
         if busy is None:
             self._counters.bump(put_skipped=1)
@@ -343,9 +347,7 @@ class KVStore:
             return False
         if entry is None:
             return False
-        if pin:
-            self._index.pin(entry)
-        return True
+        return self._index.pin(entry) if pin else True  # a pin fails on an entry evicted meanwhile
 
     def batched_contains(self, keys: Iterable[tuple[str, int | str]], pin: bool = False) -> int:
         """How many of `keys` ((key text, chunk hash) pairs), from the first, `contains` finds
@@ -472,12 +474,17 @@ class KVStore:
             candidates = [p for _, p in self.layout.candidate_paths(key_text, chunk_hash)]
         except InvalidKeyError:
             return False
+        if not force and self.is_pinned(key_text, chunk_hash):  # no claim: it would hide the entry
+            return False
         busy = self._claims.claim(stem, "delete")
         assert busy is not None
         try:
-            entry = self._index.get(stem)
-            if entry is not None and entry.pins > 0 and not force:
-                return False
+            if force:
+                entry = self._index.pop(stem)
+            else:
+                unpinned, entry = self._index.pop_unpinned(stem)  # one step against a `pin`
+                if not unpinned:
+                    return False
             if entry is not None and entry.path not in candidates:
                 candidates.append(entry.path)
             found = entry is not None

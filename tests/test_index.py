@@ -47,6 +47,21 @@ def test_add_keeps_existing_unless_replace_and_carries_pins():
     assert index.pop("k") is second and index.used_bytes("/a") == 0 and len(index) == 0
 
 
+def test_a_pin_and_a_removal_are_one_step_each_against_the_other():
+    """An entry found, then evicted or removed, is not pinned afterwards (a lock would hold a
+    deleted entry); a pinned one is not popped by `pop_unpinned`."""
+    index = Index()
+    found = index.add(_entry("k"))
+    assert index.take_lru("/a", 1, skip=set()) == [found]
+    assert not index.pin(found) and found.pins == 0
+    again = index.add(_entry("k"))
+    assert index.pin(again) and again.pins == 1
+    assert index.pop_unpinned("k") == (False, again) and index.get("k") is again
+    assert index.unpin(again)
+    assert index.pop_unpinned("k") == (True, again) and index.get("k") is None
+    assert index.pop_unpinned("k") == (True, None)
+
+
 def test_entries_removed_during_a_scan_stay_removed():
     index = Index()
     index.begin_scan()

@@ -36,6 +36,8 @@ from lmcache.v1.distributed.storage_controllers.eviction_controller import (
 )
 from lmcache.v1.platform import consume_fd
 
+from lmcache_plugin.entries import Entries
+from lmcache_plugin.index import Index
 from lmcache_plugin.l2_adapter import GdsL2Adapter, GdsL2AdapterConfig, L2ParamError
 from lmcache_plugin.l2_names import MpKey, mp_key_text, parse_mp_key_text
 from lmcache_plugin.store import KVStore, StoreOptions
@@ -329,6 +331,62 @@ def test_lock_holds_entries_against_delete_and_eviction(tmp_path: Path, arena) -
         adapter.submit_unlock(keys(2))  # never locked: ignored
         adapter.delete(ks[:1])
         assert drv.lookup(ks[:1]) == [False]
+    finally:
+        adapter.close()
+
+
+def slowed(monkeypatch, cls, name: str, seconds: float) -> None:
+    """Make `cls.name` (a real method, still run) take `seconds` longer: it widens a race window
+    to one a test hits every time."""
+    real = getattr(cls, name)
+
+    def slow(self, *args, **kwargs):
+        time.sleep(seconds)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, slow)
+
+
+def test_a_locked_key_loads_while_a_store_of_it_runs(tmp_path: Path, arena, monkeypatch) -> None:
+    """LMCache stores a key again whenever it is computed again: a store of a key already there
+    takes no claim, so a load of the locked key meanwhile is served, not missed."""
+    buf, desc = arena
+    adapter = make([tmp_path / "a"], desc)
+    drv = Driver(adapter)
+    try:
+        ks, src = keys(1), objects(buf, 1, 0)
+        assert drv.store(ks, src) == SIZE
+        assert drv.lookup(ks) == [True]
+        slowed(monkeypatch, Entries, "on_disk", 0.5)  # as a slow stat on a network file system
+        again = threading.Thread(target=drv.store, args=(ks, src))
+        again.start()
+        time.sleep(0.1)
+        dst = objects(buf, 1, 1, random=False)
+        assert drv.load(ks, dst) == [True]
+        again.join()
+        assert torch.equal(dst[0].raw_data, src[0].raw_data)
+        adapter.submit_unlock(ks)
+    finally:
+        adapter.close()
+
+
+def test_lookup_and_lock_racing_a_delete_never_reports_a_deleted_key_locked(tmp_path: Path, arena,
+                                                                           monkeypatch) -> None:
+    buf, desc = arena
+    root = tmp_path / "a"
+    adapter = make([root], desc)
+    drv = Driver(adapter)
+    try:
+        ks, src = keys(1), objects(buf, 1, 0)
+        assert drv.store(ks, src) == SIZE
+        slowed(monkeypatch, Index, "pin", 0.3)  # between finding the entry and pinning it
+        found: list = []
+        lock = threading.Thread(target=lambda: found.append(drv.lookup(ks)))
+        lock.start()
+        time.sleep(0.1)
+        adapter.delete(ks)  # not locked yet: LMCache's eviction may take it
+        lock.join()
+        assert found == [[False]] and not data_files(root) and adapter.report_status()["locked_keys"] == 0
     finally:
         adapter.close()
 
