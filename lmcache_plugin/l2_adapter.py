@@ -33,7 +33,12 @@ the server at start, naming the key, the value and the fix) and calls
   LMCache's L2 eviction (an `"eviction"` block beside `adapter_params`) sees real usage against
   `max_capacity_gb`; entries the store evicted itself, or that vanished, are reported deleted.
 - Locks: lookup-and-lock pins the entry it found (`KVStore.pin`); eviction, LMCache's `delete`
-  included, never takes a pinned entry; `submit_unlock` unpins and never raises.
+  included, never takes a pinned entry; `submit_unlock` unpins and never raises. A lock holds in
+  this process only: another server on the same paths may still delete or evict the entry (its
+  load then misses; bytes are checked as always).
+- Loads: an entry is served only into an object of its own size, dtypes and shapes (the header
+  records the stored object's); another one under the key (a server with another KV dtype on the
+  same paths) is a miss, and a store replaces it.
 """
 
 from __future__ import annotations
@@ -247,6 +252,15 @@ def _header_for(obj: Any, nbytes: int) -> EntryHeader:
     return EntryHeader.single((nbytes,), "U8", meta.fmt)
 
 
+def _fits(stored: EntryHeader, wanted: EntryHeader) -> bool:
+    """Whether an entry of header `stored` is what an object described by `wanted` holds."""
+    return (stored.nbytes, stored.dtypes, stored.shapes) == (wanted.nbytes, wanted.dtypes, wanted.shapes)
+
+
+def _layout(header: EntryHeader) -> str:
+    return ", ".join(f"{d}{list(s)}" for d, s in zip(header.dtypes, header.shapes))
+
+
 def _mp(key: ObjectKey) -> MpKey:
     return MpKey(key.chunk_hash, key.model_name, key.kv_rank, key.object_group_id, key.cache_salt)
 
@@ -336,6 +350,11 @@ class GdsL2Adapter(L2AdapterInterface):
                     f"for entries of {config.direct_io_min_kb} KiB and more" if config.direct_io else "off",
                     "unbounded" if capacity is None else f"{capacity} bytes")
 
+    def _check_open(self, call: str) -> None:
+        if self._closed.is_set():
+            raise RuntimeError(f"GdsL2Adapter.{call} after close(): the adapter of {', '.join(self.config.paths)} "
+                               "is closed; LMCache stops calling it at shutdown, so a call now is a bug of the caller")
+
     # -- keys and paths ---------------------------------------------------------------------
     def _where(self, key: ObjectKey) -> tuple[str, str, list[int]]:
         """Key text, fan-out hash, and the store indexes to look in (the key's own path first)."""
@@ -356,6 +375,7 @@ class GdsL2Adapter(L2AdapterInterface):
 
     # -- store ------------------------------------------------------------------------------
     def submit_store_task(self, keys: list[ObjectKey], objects: list[Any]) -> L2TaskId:
+        self._check_open("submit_store_task")
         task = self._new_task(keys, objects)
         if not keys:
             self._finish_store(task)
@@ -385,10 +405,10 @@ class GdsL2Adapter(L2AdapterInterface):
             present = stored
             if not stored:  # already there, refused or failed (the store logged why)
                 info = store.lookup(text, fan)
-                present = info is not None and info.header.nbytes == nbytes
+                present = info is not None and _fits(info.header, header)
                 if info is not None and not present:
-                    # another size under this key: loads of this object would miss it forever, so
-                    # it is replaced (unless a lookup holds it locked: then this store fails)
+                    # another size or layout under this key: loads of this object would miss it
+                    # forever, so it is replaced (unless a lookup holds it locked: then this store fails)
                     stored = present = store.remove(text, fan, force=False) and store.put(text, fan, data, header)
             written = nbytes if stored else 0
             if present:
@@ -399,12 +419,22 @@ class GdsL2Adapter(L2AdapterInterface):
             self._finish_store(task)
 
     def _finish_store(self, task: _Task) -> None:
+        """Account the task's entries, then post its result: always, or LMCache would wait for it
+        for ever."""
         result = L2StoreResult(all(task.results), sum(task.sizes))
-        self._account([h for h in task.held if h is not None])  # in the task's key order
-        self._reconcile_evictions()
-        with self._lock:
-            self._done_store[task.task_id] = result
-        self._store_efd.notify()
+        try:
+            held = [h for h in task.held if h is not None]
+            self._account(held)  # in the task's key order
+            # an entry evicted by a later store while this task still ran was not reported yet
+            self._unaccount([text for key, text, _, idx in held
+                             if not self._stores[idx].contains(text, fanout_hash(_mp(key)))])
+            self._reconcile_evictions()
+        except Exception:
+            logger.exception("GdsL2Adapter could not report the keys of store task %s to LMCache", task.task_id)
+        finally:
+            with self._lock:
+                self._done_store[task.task_id] = result
+            self._store_efd.notify()
 
     def pop_completed_store_tasks(self) -> dict[L2TaskId, L2StoreResult]:
         with self._lock:
@@ -413,6 +443,7 @@ class GdsL2Adapter(L2AdapterInterface):
 
     # -- lookup and lock --------------------------------------------------------------------
     def submit_lookup_and_lock_task(self, keys: list[ObjectKey], group_layout_descs: dict[int, Any]) -> L2TaskId:
+        self._check_open("submit_lookup_and_lock_task")
         task_id = next(self._ids)
         self._lookup_pool.submit(self._lookup_task, task_id, list(keys))
         return task_id
@@ -462,6 +493,7 @@ class GdsL2Adapter(L2AdapterInterface):
 
     # -- load -------------------------------------------------------------------------------
     def submit_load_task(self, keys: list[ObjectKey], objects: list[Any]) -> L2TaskId:
+        self._check_open("submit_load_task")
         task = self._new_task(keys, objects)
         if not keys:
             self._finish_load(task)
@@ -485,7 +517,7 @@ class GdsL2Adapter(L2AdapterInterface):
 
     def _read(self, key: ObjectKey, obj: Any) -> bool:
         """Fill `obj` from the entry: True only when every byte came from a checked entry of
-        exactly the object's size (a smaller or larger entry is a miss, never a partial fill)."""
+        exactly the object's size and layout (another one is a miss, never a partial fill)."""
         text, fan, order = self._where(key)
         with self._lock:
             held = self._pins.get(text)
@@ -493,16 +525,18 @@ class GdsL2Adapter(L2AdapterInterface):
                 order = [held[-1]] + [i for i in order if i != held[-1]]
         nbytes = obj.get_size()
         dest = pygds.Pointer(obj.data_ptr, nbytes, kind="host")
+        wanted = _header_for(obj, nbytes)
         for idx in order:
             store = self._stores[idx]
             for _ in range(2):  # an entry replaced since lookup is looked up once more
                 info = store.lookup(text, fan)
                 if info is None:
                     break
-                if info.header.nbytes != nbytes:
-                    logger.warning("GdsL2Adapter entry %s holds %d bytes, LMCache asked for %d: served as a miss",
-                                   info.path, info.header.nbytes, nbytes)
-                    return False
+                if not _fits(info.header, wanted):  # another path may hold the one asked for
+                    logger.warning("GdsL2Adapter entry %s holds %d bytes of %s, LMCache asked for %d bytes of %s: "
+                                   "not served", info.path, info.header.nbytes, _layout(info.header), nbytes,
+                                   _layout(wanted))
+                    break
                 try:
                     store.read_into(info, dest)
                     return True
@@ -514,17 +548,23 @@ class GdsL2Adapter(L2AdapterInterface):
         return False
 
     def _finish_load(self, task: _Task) -> None:
+        """Post the task's result (always: LMCache waits for it), telling LMCache's eviction
+        policy which keys were used."""
         bitmap = Bitmap(len(task.keys))
         loaded = []
         for i, ok in enumerate(task.results):
             if ok:
                 bitmap.set(i)
                 loaded.append(task.keys[i])
-        if loaded:
-            self._notify_keys_accessed(loaded)
-        with self._lock:
-            self._done_load[task.task_id] = bitmap
-        self._load_efd.notify()
+        try:
+            if loaded:
+                self._notify_keys_accessed(loaded)
+        except Exception:
+            logger.exception("GdsL2Adapter could not report the keys of load task %s to LMCache", task.task_id)
+        finally:
+            with self._lock:
+                self._done_load[task.task_id] = bitmap
+            self._load_efd.notify()
 
     def query_load_result(self, task_id: L2TaskId) -> Bitmap | None:
         with self._lock:
@@ -535,6 +575,7 @@ class GdsL2Adapter(L2AdapterInterface):
         """Delete unlocked entries (LMCache's L2 eviction calls this). A locked entry stays and is
         reported used, so that the eviction policy, which passes no filter for L2, takes other
         entries next rather than asking for this one again and again."""
+        self._check_open("delete")
         in_use = []
         for key in keys:
             try:
@@ -552,15 +593,22 @@ class GdsL2Adapter(L2AdapterInterface):
             self._notify_keys_accessed(in_use)
 
     def _account(self, items: list[tuple[ObjectKey, str, int, int]]) -> None:
-        """Report (key, text, disk bytes, path index) not reported yet as stored: bytes, and
-        LMCache's eviction policy (keys of one request in their order, as it expects)."""
+        """Report (key, text, disk bytes, path index) as stored where not reported so yet: bytes,
+        and LMCache's eviction policy (keys of one request in their order, as it expects). A key
+        given twice counts once; one reported at another size or path (replaced) is reported
+        deleted first."""
         with self._acct_lock:
-            new = [item for item in items if item[1] not in self._accounted]
+            new: dict[str, tuple[ObjectKey, str, int, int]] = {}
+            for item in items:
+                known = self._accounted.get(item[1])
+                if known is None or known[1:] != item[2:] or item[1] in new:
+                    new[item[1]] = item
+            self._unaccount([text for text in new if text in self._accounted])
             if not new:
                 return
-            for key, text, size, idx in new:
+            for key, text, size, idx in new.values():
                 self._accounted[text] = (key, size, idx)
-            self._notify_keys_stored([item[0] for item in new], [item[2] for item in new])
+            self._notify_keys_stored([item[0] for item in new.values()], [item[2] for item in new.values()])
 
     def _unaccount(self, texts: list[str]) -> None:
         with self._acct_lock:
@@ -569,11 +617,12 @@ class GdsL2Adapter(L2AdapterInterface):
                 self._notify_keys_deleted([k for k, _, _ in gone], [s for _, s, _ in gone])
 
     def _forget_if_gone(self, text: str, fan: str) -> None:
-        """A reported entry whose file is in no path any more is reported deleted."""
+        """A reported entry that no store holds any more (removed, evicted, or dropped as bad) is
+        reported deleted."""
         with self._acct_lock:
             if text not in self._accounted:
                 return
-        if not any(os.path.exists(layout.data_path(layout.paths[0], text, fan)) for layout in self._layouts):
+        if not any(store.contains(text, fan) for store in self._stores):
             self._unaccount([text])
 
     def _reconcile_evictions(self) -> None:

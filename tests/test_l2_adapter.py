@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import xxhash
 from faults import incomplete, u8_header
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,6 +31,7 @@ from lmcache.v1.distributed.config import EvictionConfig
 from lmcache.v1.distributed.internal_api import L2AdapterListener
 from lmcache.v1.distributed.l2_adapters import create_l2_adapter
 from lmcache.v1.distributed.l2_adapters.plugin_l2_adapter import PluginL2AdapterConfig
+from lmcache.v1.memory_management import MemoryFormat, MemoryObjMetadata, TensorMemoryObj
 from lmcache.v1.distributed.storage_controllers.eviction_controller import (
     L2AdapterEvictionState,
     L2EvictionController,
@@ -38,7 +40,7 @@ from lmcache.v1.platform import consume_fd
 
 from lmcache_plugin.entries import Entries
 from lmcache_plugin.index import Index
-from lmcache_plugin.l2_adapter import GdsL2Adapter, GdsL2AdapterConfig, L2ParamError
+from lmcache_plugin.l2_adapter import GdsL2Adapter, GdsL2AdapterConfig, L2ParamError, _mp
 from lmcache_plugin.l2_names import MpKey, mp_key_text, parse_mp_key_text
 from lmcache_plugin.store import KVStore, StoreOptions
 
@@ -475,6 +477,160 @@ def test_lmcache_l2_eviction_controller_deletes_through_the_adapter(tmp_path: Pa
     finally:
         controller.stop()
         adapter.close()
+
+
+def test_usage_counts_a_key_once_and_forgets_a_dropped_entry(tmp_path: Path, arena) -> None:
+    """LMCache's view of the bytes held (its L2 eviction works from it): a key twice in one task
+    is one entry; an entry dropped as damaged is no longer held."""
+    buf, desc = arena
+    root = tmp_path / "a"
+    adapter = make([root], desc)
+    drv = Driver(adapter)
+    try:
+        (k,), (a, b) = keys(1), objects(buf, 2, 0)
+        b.raw_data.copy_(a.raw_data)
+        assert drv.store([k, k], [a, b]) >= SIZE
+        assert adapter.get_usage().total_bytes_used == ENTRY
+        adapter.delete([k])
+        assert adapter.get_usage().total_bytes_used == 0
+        ks, src = keys(2), objects(buf, 2, 1)
+        assert drv.store(ks, src) == 2 * SIZE
+        with open(file_of(root, ks[0]), "r+b") as f:  # one data byte flipped
+            f.seek(4096 + 7)
+            byte = f.read(1)
+            f.seek(4096 + 7)
+            f.write(bytes([byte[0] ^ 1]))
+        assert drv.load(ks, objects(buf, 2, 2, random=False)) == [False, True]
+        assert adapter.get_usage().total_bytes_used == ENTRY
+    finally:
+        adapter.close()
+
+
+def test_an_entry_of_another_size_or_dtype_is_never_served(tmp_path: Path, arena) -> None:
+    """The header records the stored object's dtypes and shapes: an fp16 entry is not loaded
+    into a bf16 object of the same size (a server with another KV dtype on the same paths), and
+    one of another size in the key's own path does not hide the right one in another path."""
+    buf, desc = arena
+    p0, p1 = tmp_path / "p0", tmp_path / "p1"
+    while True:  # a key whose home among [p0, p1] is p0
+        (k,) = keys(1)
+        if xxhash.xxh3_64_intdigest(mp_key_text(_mp(k)).encode()) % 2 == 0:
+            break
+    (full,) = objects(buf, 1, 0)
+    (half,) = make_memory_objects(buf, 1, SIZE // 2, 2 * SIZE)
+    for root, obj in ((p1, full), (p0, half)):
+        alone = make([root], desc)
+        try:
+            assert Driver(alone).store([k], [obj]) == obj.get_size()
+        finally:
+            alone.close()
+    adapter = make([p0, p1], desc)
+    drv = Driver(adapter)
+    try:
+        (dst,) = objects(buf, 1, 3, random=False)
+        assert drv.load([k], [dst]) == [True] and torch.equal(dst.raw_data, full.raw_data)
+        (j,) = keys(1)
+        fp16, bf16 = (typed(buf, offset, SIZE // 2, dtype) for offset, dtype in
+                      ((4 * SIZE, torch.float16), (5 * SIZE, torch.bfloat16)))
+        assert drv.store([j], [fp16]) == SIZE
+        assert drv.load([j], [bf16]) == [False]
+        assert drv.store([j], [bf16]) == SIZE  # a store of the other dtype replaces it
+        assert drv.load([j], [typed(buf, 6 * SIZE, SIZE // 2, torch.bfloat16)]) == [True]
+    finally:
+        adapter.close()
+
+
+def typed(buf: torch.Tensor, offset: int, n: int, dtype: torch.dtype):
+    """A memory object of `n` values of `dtype` at `offset` in the arena, filled with random bytes."""
+    size = n * dtype.itemsize
+    raw = buf.view(-1)[offset:offset + size]
+    raw.copy_(torch.frombuffer(bytearray(os.urandom(size)), dtype=torch.uint8))
+    meta = MemoryObjMetadata(shape=torch.Size([n]), dtype=dtype, address=offset, phy_size=size,
+                             fmt=MemoryFormat.KV_2LTD, ref_count=1)
+    return TensorMemoryObj(raw_data=raw, metadata=meta, parent_allocator=None)
+
+
+class Held(L2AdapterListener):
+    """What LMCache's eviction policy believes the adapter holds: key -> bytes."""
+
+    def __init__(self) -> None:
+        self.held: dict[ObjectKey, int] = {}
+
+    def on_l2_keys_stored(self, keys, sizes):
+        self.held.update(zip(keys, sizes))
+
+    def on_l2_keys_accessed(self, keys):
+        pass
+
+    def on_l2_keys_deleted(self, keys):
+        for key in keys:
+            self.held.pop(key, None)
+
+
+def test_an_entry_evicted_before_its_task_ended_is_reported_deleted(tmp_path: Path, arena, monkeypatch) -> None:
+    """A task's entries are reported when the task ends; one that a later task's capacity
+    eviction took meanwhile must be reported deleted too, or LMCache counts bytes that are gone."""
+    buf, desc = arena
+    root = tmp_path / "a"
+    adapter = make([root], desc, max_capacity_gb=2 * ENTRY / (1 << 30), io_threads=2)
+    held = Held()
+    adapter.register_listener(held)
+    drv = Driver(adapter)
+    (k1, k2, k3), (o1, o2, o3) = keys(3), objects(buf, 3, 0)
+    real = GdsL2Adapter._finish_store
+    finishing = threading.Event()
+
+    def first_task_finishes_late(self, task):
+        if k1 in task.keys:
+            finishing.set()
+            time.sleep(0.5)  # both entries are on disk; another task runs now
+        return real(self, task)
+
+    monkeypatch.setattr(GdsL2Adapter, "_finish_store", first_task_finishes_late)
+    try:
+        adapter._scan_thread.join(TIMEOUT_S)  # the start-up accounting (it would report k1 itself) is over
+        first = threading.Thread(target=drv.store, args=([k1, k2], [o1, o2]))
+        first.start()
+        assert finishing.wait(TIMEOUT_S)
+        assert drv.store([k3], [o3]) == SIZE
+        first.join()
+        on_disk = {k for k in (k1, k2, k3) if any(k.chunk_hash.hex() in p.name for p in data_files(root))}
+        assert len(on_disk) == 2 and set(held.held) == on_disk
+        assert adapter.get_usage().total_bytes_used == 2 * ENTRY
+    finally:
+        adapter.close()
+
+
+class Failing(L2AdapterListener):
+    """A listener that fails on every call."""
+
+    def on_l2_keys_stored(self, keys, sizes):
+        raise RuntimeError("listener failed")
+
+    def on_l2_keys_accessed(self, keys):
+        raise RuntimeError("listener failed")
+
+    def on_l2_keys_deleted(self, keys):
+        raise RuntimeError("listener failed")
+
+
+def test_a_failing_listener_never_loses_a_result_and_a_closed_adapter_says_so(tmp_path: Path, arena) -> None:
+    buf, desc = arena
+    adapter = make([tmp_path / "a"], desc)
+    adapter.register_listener(Failing())
+    drv = Driver(adapter)
+    try:
+        ks, src = keys(2), objects(buf, 2, 0)
+        assert drv.store(ks, src) == 2 * SIZE
+        assert drv.load(ks, objects(buf, 2, 1, random=False)) == [True, True]
+    finally:
+        adapter.close()
+    for call in (lambda: adapter.submit_store_task(ks, src), lambda: adapter.submit_load_task(ks, src),
+                 lambda: adapter.submit_lookup_and_lock_task(ks, {}), lambda: adapter.delete(ks)):
+        with pytest.raises(RuntimeError, match=r"after close\(\).* is closed"):
+            call()
+    adapter.submit_unlock(ks)  # never raises
+    assert len(data_files(tmp_path / "a")) == 2
 
 
 def test_restart_finds_and_counts_every_entry(tmp_path: Path, arena) -> None:
