@@ -191,14 +191,15 @@ class Reader:
         entries.index.set_size(entry, st.st_size + (HEADER_SIZE if entry.has_metadata else 0), entry.has_metadata)
         return header
 
-    def current_header(self, entry: Entry | None) -> EntryHeader | None:
+    def current_header(self, entry: Entry | None, check_file: bool = True) -> EntryHeader | None:
         """The entry's validated header; None (entry forgotten or dropped) when its file is gone
-        or bad. A cached header costs one stat."""
+        or bad. A cached header costs one stat, unless `check_file` is off (a read follows, which
+        finds a vanished file itself)."""
         if entry is None:
             return None
         if entry.header is None:
             return self.load_header(entry)
-        if not os.path.exists(entry.path):
+        if check_file and not os.path.exists(entry.path):
             self._entries.forget(entry)
             return None
         return entry.header
@@ -219,10 +220,9 @@ class Reader:
         except IO_ERRORS as exc:
             entries.drop(entry, exc, None, "read_errors")
             raise CorruptEntryError(f"cannot open: {exc}", info.path) from None
-        st = None
+        st = f.opened_stat
         with f:
             try:
-                st = os.fstat(f.fd)
                 header, digest = self._checked_header(f.fd, entry, st.st_size, info.key_text)
             except CorruptEntryError as exc:
                 entries.drop(entry, exc, st, "corrupt")

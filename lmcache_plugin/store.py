@@ -365,20 +365,22 @@ class KVStore:
             found += 1
         return found
 
-    def lookup(self, key_text: str, chunk_hash: int | str) -> EntryInfo | None:
+    def lookup(self, key_text: str, chunk_hash: int | str, *, check_file: bool = True) -> EntryInfo | None:
         """Find an entry (index, then every path on disk) with its validated header.
 
         Counts a hit or a miss. A corrupt header drops the entry (one warning) and misses. An
         indexed entry whose file is gone (removed or evicted by another process, which may have
         stored the key again in another path) is forgotten and the key looked for once more.
+        `check_file=False` skips the `stat` that tells so for an entry whose header is known:
+        for a `read_into` that follows at once, which raises `EntryGoneError` then.
         """
         find, current_header = self._entries.find, self._reader.current_header
         try:
             entry = find(key_text, chunk_hash, touch=True)
-            header = current_header(entry)
+            header = current_header(entry, check_file)
             if entry is not None and header is None:
                 entry = find(key_text, chunk_hash, touch=True)
-                header = current_header(entry)
+                header = current_header(entry, check_file)
         except InvalidKeyError:
             entry = header = None
         if entry is None or header is None:

@@ -51,9 +51,10 @@ _FAST_OFFSET_END = 1 << 62  # below it no request of one task can overflow a fil
 _SMALL = pool.MIN_TASK_SIZE  # a request this small is one task whatever the task size
 
 
-def _open_fd(path: str, flags: int, perm: int, mode: str) -> int:
-    """Open `path`; every failure names the path, the mode, the cause and the fix. A directory is
-    refused here (reading it would only fail later, with EISDIR from the first read)."""
+def _open_fd(path: str, flags: int, perm: int, mode: str) -> tuple[int, os.stat_result]:
+    """Open `path`: the descriptor and its `fstat`. Every failure names the path, the mode, the
+    cause and the fix. A directory is refused here (reading it would only fail later, with EISDIR
+    from the first read)."""
     try:
         # O_NONBLOCK only so that a FIFO at the path cannot block the open (it is refused below);
         # it changes nothing for regular files and block devices, and is cleared again
@@ -73,7 +74,8 @@ def _open_fd(path: str, flags: int, perm: int, mode: str) -> int:
             raise OSError(exc.errno, f"cannot open {path} with O_DIRECT: the file system does not support it "
                                      "(tmpfs before Linux 6.6, some FUSE file systems); open without direct=True", path) from None
         raise OSError(exc.errno, f"cannot open {path} (mode {mode!r}): {exc.strerror}", path) from None
-    kind = os.fstat(fd).st_mode
+    st = os.fstat(fd)
+    kind = st.st_mode
     if stat.S_ISDIR(kind):
         os.close(fd)
         raise _is_a_directory(path, mode)
@@ -82,7 +84,7 @@ def _open_fd(path: str, flags: int, perm: int, mode: str) -> int:
         raise InvalidArgumentError(f"cannot open {path}: it is a {'FIFO' if stat.S_ISFIFO(kind) else 'socket'}, "
                                    "which has no file offsets; pygds reads and writes regular files and block devices")
     os.set_blocking(fd, True)
-    return fd
+    return fd, st
 
 
 def _is_a_directory(path: str, mode: str) -> IsADirectoryError:
@@ -101,7 +103,8 @@ class File(ClosedWhenCollected):
     (the first GPU-direct engine that works here, in `pygds.ENGINES` order, else POSIX; POSIX too
     where cuFile would only run its compatibility mode; the reason is `engine_reason`, logged once),
     "cufile", "hipfile" or "posix"; `PYGDS_ENGINE` sets the default. `direct=True`
-    opens with `O_DIRECT` (unaligned offsets and sizes still work).
+    opens with `O_DIRECT` (unaligned offsets and sizes still work). `opened_stat` is the file's
+    `os.fstat` as it was opened (identity, size, times), so that a caller need not ask again.
 
     `close()` (or the end of a `with` block, or garbage collection) first finishes every transfer
     still running or queued on this file: futures, batches and stream-ordered I/O included; the
@@ -131,14 +134,14 @@ class File(ClosedWhenCollected):
         access = _MODES[mode] & os.O_ACCMODE
         self._readable = access != os.O_WRONLY
         self._writable = access != os.O_RDONLY
-        self.fd = _open_fd(self.path, _MODES[mode], perm, mode)
+        self.fd, self.opened_stat = _open_fd(self.path, _MODES[mode], perm, mode)
         self.direct_fd: int | None = None
         try:
             if self.direct:
                 if not hasattr(os, "O_DIRECT"):
                     raise InvalidArgumentError("O_DIRECT is not available on this platform; open without direct=True")
                 flags = _MODES[mode] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)
-                self.direct_fd = _open_fd(self.path, flags | os.O_DIRECT, perm, mode)
+                self.direct_fd, _ = _open_fd(self.path, flags | os.O_DIRECT, perm, mode)
             self._handle = self._open_engine(engine)
         except BaseException:
             self._close_fds()

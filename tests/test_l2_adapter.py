@@ -415,6 +415,10 @@ def test_corrupt_short_and_wrong_size_entries_are_misses(tmp_path: Path, arena) 
         assert drv.load(short_key, objects(buf, 1, 2, random=False)) == [False]  # never a partial fill
         assert drv.load(ks[2:], make_memory_objects(buf, 1, SIZE // 2, 9 << 20)) == [False]
         assert drv.lookup(ks) == [False, False, True]
+        adapter.submit_unlock(ks[2:])
+        os.unlink(file_of(root, ks[2]))  # removed behind the adapter's back (another server)
+        assert drv.load(ks[2:], objects(buf, 1, 3, random=False)) == [False]
+        assert adapter.get_usage().total_bytes_used == SIZE // 2 + ENTRY - SIZE  # the short entry's alone
     finally:
         adapter.close()
 
