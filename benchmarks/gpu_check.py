@@ -321,8 +321,8 @@ def bench_l2_step(size_kb: int, name: str) -> Callable[[Context], Step]:
         if ctx.quick:
             sizes = ["--modes", "defaults", "--num-keys", "4", "--rounds", "1", "--runs", "1"]
         else:
-            sizes = ["--runs", "2", *(["--cold"] if os.geteuid() == 0 else [])]
-        return Step(name, 150, [PY, "benchmarks/bench_l2.py", "--data-size-kb", str(size_kb), "--dir", str(ctx.data),
+            sizes = ["--runs", "1", *(["--cold"] if os.geteuid() == 0 else [])]
+        return Step(name, 200, [PY, "benchmarks/bench_l2.py", "--data-size-kb", str(size_kb), "--dir", str(ctx.data),
                                 "--json", ctx.result(name), *sizes],
                     codes=GOAL_MISSED)
     return make

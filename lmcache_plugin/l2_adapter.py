@@ -46,6 +46,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import secrets
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -193,7 +194,8 @@ class GdsL2AdapterConfig(L2AdapterConfigBase):
 def _prepare_path(path: str, direct_io: bool) -> None:
     """Create `path`, its fan-out directories and a file in it (opened with O_DIRECT when asked),
     or stop with the fix."""
-    probe = os.path.join(path, f".pygds-l2-probe-{os.getpid()}")
+    # unique per call: two servers (even with one pid, in two containers) may start on one shared path
+    probe = os.path.join(path, f".pygds-l2-probe-{os.getpid()}-{secrets.token_hex(8)}")
     try:
         os.makedirs(path, exist_ok=True)
         for name in FANOUT_DIRS:
