@@ -423,26 +423,34 @@ class GdsL2Adapter(L2AdapterInterface):
             self._finish_store(task)
 
     def _finish_store(self, task: _Task) -> None:
-        """Account the task's entries, then post its result: always, or LMCache would wait for it
-        for ever."""
-        result = L2StoreResult(all(task.results), sum(task.sizes))
-        try:
-            held = [h for h in task.held if h is not None]
+        held = [h for h in task.held if h is not None]
+
+        def report() -> None:
             self._account(held)  # in the task's key order
             # an entry evicted by a later store while this task still ran was not reported yet
             self._unaccount([text for key, text, _, idx in held
                              if not self._stores[idx].contains(text, fanout_hash(_mp(key)))])
             self._reconcile_evictions()
+
+        self._complete("store", task.task_id, report, self._done_store,
+                       L2StoreResult(all(task.results), sum(task.sizes)), self._store_efd)
+
+    def _complete(self, kind: str, task_id: L2TaskId, report: Any, done: dict, result: Any, efd: Any) -> None:
+        """Tell LMCache what the task changed (`report`), then post its result: always, or LMCache
+        would wait for it for ever."""
+        try:
+            report()
         except Exception:
-            logger.exception("GdsL2Adapter could not report the keys of store task %s to LMCache", task.task_id)
+            logger.exception("GdsL2Adapter could not report the keys of %s task %s to LMCache", kind, task_id)
         finally:
             with self._lock:
-                self._done_store[task.task_id] = result
-            self._store_efd.notify()
+                done[task_id] = result
+            efd.notify()
 
     def pop_completed_store_tasks(self) -> dict[L2TaskId, L2StoreResult]:
-        with self._lock:
-            done, self._done_store = self._done_store, {}
+        with self._lock:  # the dict itself stays: `_complete` may hold it already
+            done = dict(self._done_store)
+            self._done_store.clear()
         return done
 
     # -- lookup and lock --------------------------------------------------------------------
@@ -552,23 +560,15 @@ class GdsL2Adapter(L2AdapterInterface):
         return False
 
     def _finish_load(self, task: _Task) -> None:
-        """Post the task's result (always: LMCache waits for it), telling LMCache's eviction
-        policy which keys were used."""
+        """Post the task's result, telling LMCache's eviction policy which keys were used."""
         bitmap = Bitmap(len(task.keys))
         loaded = []
         for i, ok in enumerate(task.results):
             if ok:
                 bitmap.set(i)
                 loaded.append(task.keys[i])
-        try:
-            if loaded:
-                self._notify_keys_accessed(loaded)
-        except Exception:
-            logger.exception("GdsL2Adapter could not report the keys of load task %s to LMCache", task.task_id)
-        finally:
-            with self._lock:
-                self._done_load[task.task_id] = bitmap
-            self._load_efd.notify()
+        self._complete("load", task.task_id, lambda: loaded and self._notify_keys_accessed(loaded), self._done_load,
+                       bitmap, self._load_efd)
 
     def query_load_result(self, task_id: L2TaskId) -> Bitmap | None:
         with self._lock:
