@@ -10,7 +10,9 @@ describe another file: bindfs (libfuse's path API) answers it for whatever is at
 and one kernel inode per name shares its page cache among every file ever there, so a read of a
 good file just put at the name can return the bytes of the bad one another process still reads.
 Remembering that identity would hide the good file from every later probe; there a bad file is
-checked again by each probe, and only its first drop warns.
+checked again by each probe, and only its first drop warns. A put, though, treats a file it
+remembers as bad as absent on any file system and writes the key anew: at worst that replaces a
+good file with the same key's bytes.
 """
 
 from __future__ import annotations
@@ -69,15 +71,16 @@ class Entries:
             entry.key_text = key_text
         return entry
 
-    def probe(self, key_text: str, chunk_hash: int | str, stem: str) -> Entry | None:
-        """Look for the entry's data file in every path; index and return it when found."""
+    def probe(self, key_text: str, chunk_hash: int | str, stem: str, *, for_put: bool = False) -> Entry | None:
+        """Look for the entry's data file in every path; index and return it when found. A file
+        remembered as bad is skipped on a local disk file system, and `for_put` anywhere."""
         for base, path in self.layout.candidate_paths(key_text, chunk_hash):
             try:
                 st = stat_by_open(path)
             except OSError:
                 continue
-            if not stat.S_ISREG(st.st_mode) or (self._local.get(base) == st.st_dev
-                                                and self._bad.get(stem) == _identity(path, st)):
+            if not stat.S_ISREG(st.st_mode) or (self._known_bad(stem, path, st)
+                                                and (for_put or self._local.get(base) == st.st_dev)):
                 continue
             has_meta = os.path.exists(metadata_path(path))
             entry = Entry(
@@ -92,19 +95,24 @@ class Entries:
         return None
 
     def on_disk(self, key_text: str, chunk_hash: int | str, stem: str) -> bool:
-        """True when the key's data file is on disk, in any path. An indexed entry whose file
-        another process removed is forgotten."""
+        """True when the key's data file is on disk, in any path, and not one remembered as bad
+        (a put asks: it then writes the key anew). An indexed entry whose file another process
+        removed is forgotten."""
         entry = self.index.get(stem)
         if entry is not None:
             try:
-                if stat.S_ISREG(stat_by_open(entry.path).st_mode):
+                st = stat_by_open(entry.path)
+                if stat.S_ISREG(st.st_mode) and not self._known_bad(stem, entry.path, st):
                     return True
-                self.forget(entry)  # a FIFO, socket or directory at the name is no entry
+                self.forget(entry)  # a FIFO, socket or directory at the name, or a bad file, is no entry
             except (FileNotFoundError, NotADirectoryError):
                 self.forget(entry)
             except OSError:
                 return True  # cannot tell; what is there stays
-        return self.probe(key_text, chunk_hash, stem) is not None
+        return self.probe(key_text, chunk_hash, stem, for_put=True) is not None
+
+    def _known_bad(self, stem: str, path: str, st: os.stat_result) -> bool:
+        return self._bad.get(stem) == _identity(path, st)
 
     def drop(self, entry: Entry, exc: BaseException, st: os.stat_result | None, counter: str) -> None:
         """Forget a bad entry (index and, on a local disk file system, future probes of the same

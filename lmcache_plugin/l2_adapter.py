@@ -605,7 +605,7 @@ class GdsL2Adapter(L2AdapterInterface):
             new: dict[str, tuple[ObjectKey, str, int, int]] = {}
             for item in items:
                 known = self._accounted.get(item[1])
-                if known is None or known[1:] != item[2:] or item[1] in new:
+                if known is None or known[1:] != item[2:]:
                     new[item[1]] = item
             self._unaccount([text for text in new if text in self._accounted])
             if not new:

@@ -221,6 +221,10 @@ def test_a_bad_file_is_skipped_by_later_probes_only_on_a_local_disk_file_system(
     assert corrupt == 1 if where == "local disk" else corrupt >= 3, corrupt  # elsewhere every get checks it
     assert len(warnings_of(caplog)) == 1
     assert os.path.exists(pa)  # a bad file is never removed: it may be another process's to mend
+    data = rand_bytes(8192, 20)
+    assert store.put(ka, ha, data, u8(8192))  # a put writes over a file it found bad, anywhere
+    out = bytearray(8192)
+    assert store.get_into(ka, ha, out) and out == data
 
 
 @pytest.mark.parametrize("change", ["truncate", "extend", "header"])
