@@ -201,8 +201,7 @@ class Index:
     def set_size(self, entry: Entry, size: int | None, has_metadata: bool | None = None) -> None:
         """Update an indexed entry's size (and metadata flag) keeping totals right."""
         with self.lock:
-            stem = entry.stem
-            indexed = self._entries.get(stem) is entry or self._scanned.get(stem) is entry
+            indexed = self._indexed(entry)
             if indexed:
                 self._account(entry, -1)
             entry.size = size
@@ -215,10 +214,14 @@ class Index:
         """Add one pin: eviction never takes a pinned entry. False (nothing pinned) when `entry` is
         no longer the indexed one: evicted or removed since it was found."""
         with self.lock:
-            if self._entries.get(entry.stem) is not entry and self._scanned.get(entry.stem) is not entry:
+            if not self._indexed(entry):
                 return False
             entry.pins += 1
             return True
+
+    def _indexed(self, entry: Entry) -> bool:
+        """Whether `entry` is the very object indexed under its stem (lock held)."""
+        return self._entries.get(entry.stem) is entry or self._scanned.get(entry.stem) is entry
 
     def pop_unpinned(self, stem: str) -> tuple[bool, Entry | None]:
         """`pop` unless the entry is pinned, as one step against `pin`: (False, the entry) when it

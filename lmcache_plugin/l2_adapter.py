@@ -48,7 +48,7 @@ import math
 import os
 import secrets
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -435,7 +435,8 @@ class GdsL2Adapter(L2AdapterInterface):
         self._complete("store", task.task_id, report, self._done_store,
                        L2StoreResult(all(task.results), sum(task.sizes)), self._store_efd)
 
-    def _complete(self, kind: str, task_id: L2TaskId, report: Any, done: dict, result: Any, efd: Any) -> None:
+    def _complete(self, kind: str, task_id: L2TaskId, report: Callable[[], object], done: dict, result: Any,
+                  efd: Any) -> None:
         """Tell LMCache what the task changed (`report`), then post its result: always, or LMCache
         would wait for it for ever."""
         try:

@@ -168,31 +168,27 @@ def read(base: str, layout: Layout) -> Snapshot | None:
     snapshot is a hint, the scan fills the index anyway)."""
     path = snapshot_path(base, layout.data_suffix)
     try:
-        blob = _read_file(path)
+        return _parse(_read_file(path), base, layout)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        logger.info("cannot read the index snapshot %s: %s; scanning instead", path, exc)
-        return None
-    try:
-        if blob is None:
-            raise ValueError(f"not a regular file of at most {_MAX_FILE_BYTES} bytes")
-        return _parse(blob, base, layout)
     except (ValueError, KeyError, TypeError, zlib.error) as exc:
         logger.warning("ignoring the index snapshot %s: %s; scanning instead (the next close "
                        "writes a new one)", path, exc)
         return None
+    except OSError as exc:
+        logger.info("cannot read the index snapshot %s: %s; scanning instead", path, exc)
+        return None
 
 
-def _read_file(path: str) -> bytes | None:
-    """The bytes of the snapshot file at `path`; None when it is no regular file (a FIFO would
-    block the restart, a device never end) or is too large to be one. A symbolic link raises
-    `OSError` (ELOOP)."""
+def _read_file(path: str) -> bytes:
+    """The bytes of the snapshot file at `path`. `ValueError` when it is no regular file (a FIFO
+    would block the restart, a device never end) or is too large to be one; a symbolic link
+    raises `OSError` (ELOOP)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FILE_BYTES:
-            return None
+            raise ValueError(f"not a regular file of at most {_MAX_FILE_BYTES} bytes")
         parts, left = [], st.st_size
         while left > 0 and (part := os.read(fd, left)):
             parts.append(part)
