@@ -131,8 +131,7 @@ def _checksum_mode(setting: str, kind: str) -> str:
     """The store's checksum mode for chunks in memory of `kind`. "auto" is decided here, once, by
     the memory this adapter allocates from: the store would judge each chunk by its tensor, and a
     CPU tensor over GPU memory (an embedder's `buffer`) would look like host memory to it. Host
-    memory keeps the store's "auto" (every chunk hashed on write; a read hashes each file version
-    once, `verified.py`)."""
+    memory keeps the store's "auto" (every chunk hashed on write and on every read)."""
     if setting != "auto":
         return setting
     return "auto" if kind in ("host", "pinned") else "off"

@@ -26,7 +26,7 @@ import json
 import math
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 import xxhash
@@ -174,6 +174,10 @@ class EntryHeader:
         """The data's checksum text, when this version can verify it (else None)."""
         text = self.extra.get(CHECKSUM_FIELD)
         return text if isinstance(text, str) and text.startswith(_CHECKSUM_PREFIX) else None
+
+    def with_checksum(self, checksum: str) -> EntryHeader:
+        """This header naming `checksum` as its data's."""
+        return replace(self, extra={**self.extra, CHECKSUM_FIELD: checksum})
 
     @classmethod
     def single(

@@ -20,8 +20,9 @@ from typing import Any, Callable
 
 import pygds
 
-from .format import HEADER_SIZE
+from .format import EntryHeader, pack_header
 from .layout import metadata_path, tmp_path
+from .summed_io import write_data
 
 logger = logging.getLogger(__name__)
 
@@ -65,28 +66,35 @@ def publish_bytes(final: str, data: bytes, *, fsync: bool = False, make_dirs: bo
 
 
 def publish_entry(
-    final: str, header_bytes: bytes, view: Any, nbytes: int, open_file: OpenFile, *, fsync: bool,
-    metadata: bool = True,
-) -> None:
-    """Publish an entry: the data file (header, then `nbytes` of `view` through `open_file`),
-    then, with `metadata`, its `.metadata`. All or nothing: a failed `.metadata` removes the data
-    file again."""
+    final: str, header: EntryHeader, view: Any, open_file: OpenFile, *, fsync: bool, metadata: bool = True,
+) -> tuple[EntryHeader, bytes]:
+    """Publish an entry: the data file (`header.nbytes` of `view` through `open_file`, then the
+    header), then, with `metadata`, its `.metadata`; the header written and its bytes. A header
+    with a checksum (any of the right length) is written with the checksum of the data, computed
+    while writing it (`summed_io`). All or nothing: a failed `.metadata` removes the data file
+    again."""
+    written = header, b""
 
     def write(tmp: str) -> None:
-        with open_file(tmp, "x", nbytes) as f:
+        nonlocal written
+        with open_file(tmp, "x", header.nbytes) as f:
+            actual = write_data(f, view, header.nbytes, header.checksum is not None)
+            final_header = header if actual is None else header.with_checksum(actual)
+            header_bytes = pack_header(final_header)
             pwrite_all(f.fd, header_bytes, 0)
-            if nbytes:
-                f.write(view, nbytes, file_offset=HEADER_SIZE)
             if fsync:
                 f.fsync()
+        written = final_header, header_bytes
 
     publish(final, write, make_dirs=True)
+    header, header_bytes = written
     if metadata:
         try:
             publish_bytes(metadata_path(final), header_bytes, fsync=fsync)
         except BaseException:
             unlink_quietly(final)
             raise
+    return header, header_bytes
 
 
 def delete_entry_files(data_path: str) -> tuple[bool, OSError | None]:

@@ -12,7 +12,6 @@ hashing.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import stat
@@ -27,14 +26,11 @@ from .format import HEADER_SIZE, CorruptEntryError, EntryHeader, checksum_of, he
 from .index import Entry
 from .layout import InvalidKeyError, Layout, is_bounded_stem, key_from_stem, metadata_path
 from .publish import OpenFile, publish_bytes
+from .summed_io import STAGING_BYTES, checksum, read_data, sums
 from .verified import VerifiedFiles
 
 logger = logging.getLogger(__name__)
 
-HOST_KINDS = ("host", "pinned")
-"""Buffer kinds the CPU hashes in place; device and managed memory need a copy to the host."""
-_STAGING_BYTES = 16 << 20
-"""Piece size of the host copy through which device memory is hashed, and of `verify_file`'s reads."""
 IO_ERRORS = (OSError, pygds.PygdsError)
 """What a failed data-file operation raises (`pygds.IOFailedError` is both)."""
 
@@ -99,19 +95,6 @@ def check_checksum(header: EntryHeader, actual: str) -> None:
         raise CorruptEntryError(f"data checksum {actual} does not match the header's {header.checksum}")
 
 
-def sums(mode: str, kind: str) -> bool:
-    """Whether checksum `mode` writes or verifies a checksum for memory of this kind."""
-    return mode == "always" or (mode in ("auto", "once") and kind in HOST_KINDS)
-
-
-def checksum(view: Any, nbytes: int) -> str:
-    """The checksum of the first `nbytes` of `view`: hashed in place in host memory, through a
-    host copy in pieces otherwise."""
-    if view.kind in HOST_KINDS:
-        return checksum_of([_host_memory(view.ptr, nbytes)])
-    return checksum_of(_staged(view, nbytes))
-
-
 def verify_file(path: str, stem: str, layout: Layout) -> EntryHeader:
     """Read a whole entry as `KVStore.read_into` does, into host memory in pieces: header, key,
     length, completeness and checksum. Raises `CorruptEntryError` (naming `path`) or `OSError`."""
@@ -136,7 +119,7 @@ class _Pieces:
         self._fd, self._nbytes, self.got = fd, nbytes, 0
 
     def __iter__(self) -> Iterator[memoryview]:
-        buf = bytearray(min(self._nbytes, _STAGING_BYTES))
+        buf = bytearray(min(self._nbytes, STAGING_BYTES))
         while self.got < self._nbytes:
             n = os.preadv(self._fd, [memoryview(buf)[: self._nbytes - self.got]], HEADER_SIZE + self.got)
             if n <= 0:
@@ -244,9 +227,10 @@ class Reader:
                 )
             summed = header.checksum is not None and sums(self._mode, view.kind)
             verified = self._verified
-            proving = summed and not verified.proved(info.path, st) and verified.pages_clean(f.fd)
+            proved = summed and verified.proved(info.path, st)  # "once": likely no hash needed
+            proving = summed and not proved and verified.pages_clean(f.fd)
             try:
-                got = f.read(view, header.nbytes, file_offset=HEADER_SIZE) if header.nbytes else 0
+                got, actual = read_data(f, view, header.nbytes, summed and not proved)
                 check_complete(got, header)
             except CorruptEntryError as exc:
                 exc = CorruptEntryError(exc.reason, info.path)
@@ -261,7 +245,7 @@ class Reader:
             self._counters.bump(checksum_skipped=1)
         elif summed:
             try:
-                check_checksum(header, checksum(view, got))  # exactly the bytes read
+                check_checksum(header, actual if actual is not None else checksum(view, got))
             except CorruptEntryError as exc:
                 exc = CorruptEntryError(exc.reason, info.path)
                 entries.drop(entry, exc, st, "corrupt")
@@ -297,19 +281,3 @@ class Reader:
             return
         entry.has_metadata = True
         logger.debug("rebuilt missing %s", final)
-
-
-def _host_memory(ptr: int, nbytes: int) -> Any:
-    """`nbytes` of host memory at `ptr` as a buffer (no copy)."""
-    return (ctypes.c_ubyte * nbytes).from_address(ptr) if nbytes else b""
-
-
-def _staged(view: Any, nbytes: int) -> Iterator[memoryview]:
-    """The first `nbytes` of `view` (any memory kind) in consecutive pieces copied to the host;
-    each piece is valid until the next is asked for."""
-    staging = bytearray(min(nbytes, _STAGING_BYTES))
-    target = pygds.as_buffer(staging, writable=True)
-    for offset in range(0, nbytes, len(staging)):
-        n = min(len(staging), nbytes - offset)
-        pygds.memory.copy(target, view.slice(offset, n), n)
-        yield memoryview(staging)[:n]

@@ -62,7 +62,8 @@ from .index import Entry, Index
 from .layout import InvalidKeyError, Layout, is_bounded_stem, key_from_stem
 from .options import StoreOptions
 from .publish import delete_entry_files, publish_entry
-from .reader import IO_ERRORS, EntryGoneError, EntryInfo, Reader, checksum, sums
+from .reader import IO_ERRORS, EntryGoneError, EntryInfo, Reader
+from .summed_io import sums
 from .scan import Scanner
 
 logger = logging.getLogger(__name__)
@@ -203,8 +204,8 @@ class KVStore:
             return self._refuse(str(exc))
         view = pygds.as_buffer(data, writable=False)
         summed = sums(self.options.checksum, view.kind)
-        # Every checksum text has the length of the empty data's: whether the header fits is
-        # known before the data is hashed (only a put that writes hashes).
+        # A placeholder checksum: every checksum text has the length of the empty data's, so
+        # whether the header fits is known here; the data is hashed as it is written.
         header = _named(header, key_text, checksum_of(()) if summed else None)
         try:
             header_bytes = pack_header(header)
@@ -233,25 +234,21 @@ class KVStore:
             if self._entries.on_disk(key_text, chunk_hash, stem):
                 self._counters.bump(put_skipped=1)
                 return False
-            if summed:
-                header = _named(header, key_text, checksum(view, header.nbytes))
-                header_bytes = pack_header(header)
-            return self._publish(stem, key_text, final, header, header_bytes, view)
+            return self._publish(stem, key_text, final, header, view)
         finally:
             self._claims.release(stem, busy)
 
-    def _publish(
-        self, stem: str, key_text: str, final: str, header: EntryHeader, header_bytes: bytes, view: Any
-    ) -> bool:
-        """Reserve room, publish the files, index the entry (the stem claimed for "put")."""
+    def _publish(self, stem: str, key_text: str, final: str, header: EntryHeader, view: Any) -> bool:
+        """Reserve room, publish the files, index the entry (the stem claimed for "put"); a
+        header with a checksum gets the data's."""
         metadata = self.options.metadata_file
         need = header.nbytes + (2 if metadata else 1) * HEADER_SIZE
         if not self._capacity.reserve(need, key_text):
             return False
         entry = None
         try:
-            publish_entry(final, header_bytes, view, header.nbytes, self._open, fsync=self.options.fsync,
-                          metadata=metadata)
+            header, header_bytes = publish_entry(final, header, view, self._open, fsync=self.options.fsync,
+                                                 metadata=metadata)
             entry = Entry(stem=stem, base=self.layout.write_path, path=final, size=need,
                           has_metadata=metadata, header=header, key_text=key_text,
                           digest=header_digest(header_bytes))

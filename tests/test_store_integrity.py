@@ -38,6 +38,7 @@ from lmcache_plugin.format import (
 )
 from lmcache_plugin.layout import metadata_path
 from lmcache_plugin.store import EntryGoneError, KVStore, StoreOptions
+from lmcache_plugin.summed_io import PIECE_BYTES
 from lmcache_plugin.verified import local_devices
 from pygds.fsinfo import fs_type
 from standin.build import REPO_ROOT, CompilerMissing
@@ -301,6 +302,31 @@ def test_a_flipped_data_byte_is_refused(tmp_path, stores, caplog, mode):
     assert "checksum" in line and store.stats().corrupt == 1
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "O_DIRECT"])
+@pytest.mark.parametrize("flip", [5, PIECE_BYTES + 77, 2 * PIECE_BYTES + 12_344], ids=["first", "middle", "last"])
+def test_an_entry_of_several_pieces_carries_the_checksum_of_all_its_bytes(tmp_path, stores, caplog, direct, flip):
+    """Host memory is hashed a piece at a time as it is written and read: the checksum is still the
+    one of the whole data, and a flipped byte in any piece is refused."""
+    n = 2 * PIECE_BYTES + 12_345
+    store = stores([str(tmp_path)], direct_io=direct)
+    k, h = key(0)
+    data = rand_bytes(n, 11)
+    assert store.put(k, h, data, u8(n))
+    path = store.layout.data_path(str(tmp_path), k, h)
+    assert header_on_disk(path).checksum == checksum_of([data])
+    out = bytearray(n)
+    assert store.get_into(k, h, out) and out == data
+    with open(path, "r+b") as f:
+        f.seek(HEADER_SIZE + flip)
+        byte = f.read(1)
+        f.seek(HEADER_SIZE + flip)
+        f.write(bytes([byte[0] ^ 0x01]))
+    caplog.set_level(logging.WARNING)
+    assert not store.get_into(k, h, bytearray(n)) and store.lookup(k, h) is None
+    (line,) = warnings_of(caplog)
+    assert "checksum" in line and store.stats().corrupt == 1
+
+
 def test_checksum_off_writes_and_verifies_none(tmp_path, stores):
     k, h = key(0)
     data = rand_bytes(1000, 6)
@@ -501,15 +527,18 @@ def test_remove_under_a_read_only_file_system_reports_it(shim, tmp_path):
     assert list(cache.rglob("*.safetensors*")) == []
 
 
-def test_a_short_read_is_never_accepted_as_complete(shim, tmp_path):
+@pytest.mark.parametrize("checksum,nbytes,cut", [("off", 256 * 400, 1000), ("auto", 3 * PIECE_BYTES, PIECE_BYTES + 1000)],
+                         ids=["checksum off", "checksum auto, in the second piece"])
+def test_a_short_read_is_never_accepted_as_complete(shim, tmp_path, checksum, nbytes, cut):
     """The file's length is right when checked; then it reads short (as when it shrinks)."""
     cache = tmp_path / "cache"
-    done = run_under_shim(shim, cache, """
+    done = run_under_shim(shim, cache, f"""
         from lmcache_plugin.format import CorruptEntryError
-        s = store(checksum="off")  # the short-read check alone
+        DATA = bytes(range(256)) * {nbytes // 256}
+        s = store(checksum="{checksum}")
         assert s.put(K, H, DATA, u8(len(DATA)))
         info = s.lookup(K, H)
-        arm(prefix=CACHE, ops="read", action="eof", after_bytes=4096 + 1000)
+        arm(prefix=CACHE, ops="read", action="eof", after_bytes=4096 + {cut})
         out = bytearray(len(DATA))
         try:
             s.read_into(info, out)
@@ -517,10 +546,32 @@ def test_a_short_read_is_never_accepted_as_complete(shim, tmp_path):
         except CorruptEntryError as exc:
             result = exc.reason
         arm(prefix="")
-        print(json.dumps({"result": result, "corrupt": s.stats().corrupt, "partial": bytes(out[:1000]) == DATA[:1000]}))
+        print(json.dumps({{"result": result, "corrupt": s.stats().corrupt,
+                          "partial": bytes(out[:{cut}]) == DATA[:{cut}]}}))
     """)
     out = results(done)
-    assert out == {"result": f"short read: 1000 of {256 * 400} bytes", "corrupt": 1, "partial": True}
+    assert out == {"result": f"short read: {cut} of {nbytes} bytes", "corrupt": 1, "partial": True}
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "O_DIRECT"])
+def test_a_write_failing_in_a_later_piece_leaves_nothing_and_the_key_is_stored_again(shim, tmp_path, direct):
+    cache = tmp_path / "cache"
+    done = run_under_shim(shim, cache, f"""
+        DATA = bytes(range(256)) * {3 * PIECE_BYTES // 256}
+        s = store(direct_io={direct})
+        arm(prefix=CACHE, ops="write", errno="EIO", after_bytes={PIECE_BYTES + 4096})  # O_DIRECT: aligned
+        failed = s.put(K, H, DATA, u8(len(DATA)))
+        arm(prefix="")
+        left = sorted(os.path.relpath(os.path.join(d, f), CACHE) for d, _, fs in os.walk(CACHE) for f in fs
+                      if not d.startswith(os.path.join(CACHE, ".")))
+        stored = s.put(K, H, DATA, u8(len(DATA)))
+        out = bytearray(len(DATA))
+        print(json.dumps({{"failed": failed, "left": left, "stored": stored, "errors": s.stats().put_errors,
+                          "served": s.get_into(K, H, out) and bytes(out) == DATA}}))
+    """)
+    out = results(done)
+    assert out == {"failed": False, "left": [], "stored": True, "errors": 1, "served": True}
+    assert "Input/output error" in done.stderr
 
 
 @pytest.mark.parametrize("where", [DATA_TMP, META_TMP], ids=["data", "metadata"])
