@@ -69,6 +69,7 @@ from .l2_names import FANOUT_DIRS, MpKey, fanout_hash, mp_key_text, parse_mp_key
 from .layout import Layout, parse_paths
 from .options import CHECKSUM_MODES
 from .store import CorruptEntryError, EntryGoneError, EntryHeader, KVStore, StoreOptions
+from .summed_io import spare_cores
 
 logger = init_logger(__name__)  # LMCache's handlers: these lines appear in the server's log
 
@@ -317,7 +318,8 @@ class GdsL2Adapter(L2AdapterInterface):
                     paths=[path], engine=self._engine.name, io_threads=0, direct_io=config.direct_io,
                     direct_io_min_bytes=config.direct_io_min_kb << 10,
                     capacity_bytes=per_path, fsync=config.fsync, checksum=config.checksum,
-                    metadata_file=False)))
+                    metadata_file=False,  # its store and load pools, io_threads each:
+                    spread_summed_io=spare_cores(2 * config.io_threads))))
         except BaseException:
             self._close_stores()
             if self._engine.registered is not None:

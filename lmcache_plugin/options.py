@@ -49,6 +49,9 @@ class StoreOptions:
         "once" is "auto" hashing each data file version once per process on a local disk file
         system (`verified.py`): it trusts that no other process writes a cache file in place.
         "always" also covers device memory, through a host copy. "off" writes and verifies none.
+    spread_summed_io: whether a checksummed transfer of host memory larger than pygds's task
+        size moves its pieces on pygds's pool while the calling thread hashes them; None (the
+        default) decides by the CPUs this process may use (`summed_io.spare_cores`).
     """
 
     paths: str | Sequence[str]
@@ -67,6 +70,7 @@ class StoreOptions:
     index_snapshot: bool = True
     stats_interval_s: float = 0.0
     checksum: str = "auto"
+    spread_summed_io: bool | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option, its value and what it may be."""

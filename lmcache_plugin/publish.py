@@ -67,18 +67,19 @@ def publish_bytes(final: str, data: bytes, *, fsync: bool = False, make_dirs: bo
 
 def publish_entry(
     final: str, header: EntryHeader, view: Any, open_file: OpenFile, *, fsync: bool, metadata: bool = True,
+    spread: bool = False,
 ) -> tuple[EntryHeader, bytes]:
     """Publish an entry: the data file (`header.nbytes` of `view` through `open_file`, then the
     header), then, with `metadata`, its `.metadata`; the header written and its bytes. A header
     with a checksum (any of the right length) is written with the checksum of the data, computed
-    while writing it (`summed_io`). All or nothing: a failed `.metadata` removes the data file
+    while writing it (`summed_io`, `spread` there). All or nothing: a failed `.metadata` removes the data file
     again."""
     written = header, b""
 
     def write(tmp: str) -> None:
         nonlocal written
         with open_file(tmp, "x", header.nbytes) as f:
-            actual = write_data(f, view, header.nbytes, header.checksum is not None)
+            actual = write_data(f, view, header.nbytes, header.checksum is not None, spread)
             final_header = header if actual is None else header.with_checksum(actual)
             header_bytes = pack_header(final_header)
             pwrite_all(f.fd, header_bytes, 0)

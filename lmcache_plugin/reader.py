@@ -133,12 +133,13 @@ class Reader:
     memory. A bad file is dropped (`Entries.drop`); a vanished one forgotten."""
 
     def __init__(self, entries: Entries, counters: Counters, open_file: OpenFile, checksum_mode: str,
-                 rebuild_metadata: bool) -> None:
+                 rebuild_metadata: bool, spread: bool = False) -> None:
         self._entries = entries
         self._counters = counters
         self._open = open_file
         self._mode = checksum_mode
         self._rebuild = rebuild_metadata
+        self._spread = spread  # summed reads over pygds's pool (`summed_io`)
         self._verified = VerifiedFiles(entries.layout.unique_paths, enabled=checksum_mode == "once")
 
     def load_header(self, entry: Entry) -> EntryHeader | None:
@@ -230,7 +231,7 @@ class Reader:
             proved = summed and verified.proved(info.path, st)  # "once": likely no hash needed
             proving = summed and not proved and verified.pages_clean(f.fd)
             try:
-                got, actual = read_data(f, view, header.nbytes, summed and not proved)
+                got, actual = read_data(f, view, header.nbytes, summed and not proved, self._spread)
                 check_complete(got, header)
             except CorruptEntryError as exc:
                 exc = CorruptEntryError(exc.reason, info.path)

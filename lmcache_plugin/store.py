@@ -63,7 +63,7 @@ from .layout import InvalidKeyError, Layout, is_bounded_stem, key_from_stem
 from .options import StoreOptions
 from .publish import delete_entry_files, publish_entry
 from .reader import IO_ERRORS, EntryGoneError, EntryInfo, Reader
-from .summed_io import sums
+from .summed_io import spare_cores, sums
 from .scan import Scanner
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,10 @@ class KVStore:
         self._claims = Claims()
         self._counters = Counters()
         self._entries = Entries(self._index, self.layout, self._claims, self._counters)
-        self._reader = Reader(self._entries, self._counters, self._open, options.checksum, options.metadata_file)
+        spread = options.spread_summed_io
+        self._spread = spare_cores(options.io_threads) if spread is None else spread
+        self._reader = Reader(self._entries, self._counters, self._open, options.checksum, options.metadata_file,
+                              self._spread)
         bound = capacity_of(options.capacity_bytes, options.capacity_fraction, self.layout.write_path)
         self._capacity = Capacity(
             bound, self.layout.write_path, self._index, self._claims, self._counters, self._entries.keep
@@ -248,7 +251,7 @@ class KVStore:
         entry = None
         try:
             header, header_bytes = publish_entry(final, header, view, self._open, fsync=self.options.fsync,
-                                                 metadata=metadata)
+                                                 metadata=metadata, spread=self._spread)
             entry = Entry(stem=stem, base=self.layout.write_path, path=final, size=need,
                           has_metadata=metadata, header=header, key_text=key_text,
                           digest=header_digest(header_bytes))

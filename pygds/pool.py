@@ -30,6 +30,7 @@ _lock = threading.Lock()
 
 class _ThreadState(threading.local):
     worker = False  # a class default: looking it up never raises, which keeps `inline` cheap
+    pooled = False  # one of this pool's own threads
 
 
 _local = _ThreadState()
@@ -113,9 +114,16 @@ def inline(size: int) -> bool:
     return size <= task_size() or _local.worker
 
 
+def on_pool_thread() -> bool:
+    """True on one of the pool's own threads, where waiting for other pool work could wait for ever
+    (every pool thread might be waiting so)."""
+    return _local.pooled
+
+
 def _serve(get: Callable[[], Callable[[], None] | None]) -> None:
     """A pool thread: run what the queue hands over until told to stop."""
     mark_io_thread()
+    _local.pooled = True
     while (item := get()) is not None:
         try:
             item()

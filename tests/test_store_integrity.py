@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 
+import pygds
 from faults import incomplete
 from faults.build import FaultShim, build_fault_shim
 from lmcache_plugin.format import (
@@ -302,13 +303,20 @@ def test_a_flipped_data_byte_is_refused(tmp_path, stores, caplog, mode):
     assert "checksum" in line and store.stats().corrupt == 1
 
 
+SEVERAL = 2 * pygds.pool.task_size() + 12_345
+"""An entry of several pieces: 1 MiB ones hashed on the calling thread, task-size ones spread."""
+
+
+@pytest.mark.parametrize("spread", [False, True], ids=["in turn", "spread"])
 @pytest.mark.parametrize("direct", [False, True], ids=["buffered", "O_DIRECT"])
-@pytest.mark.parametrize("flip", [5, PIECE_BYTES + 77, 2 * PIECE_BYTES + 12_344], ids=["first", "middle", "last"])
-def test_an_entry_of_several_pieces_carries_the_checksum_of_all_its_bytes(tmp_path, stores, caplog, direct, flip):
-    """Host memory is hashed a piece at a time as it is written and read: the checksum is still the
-    one of the whole data, and a flipped byte in any piece is refused."""
-    n = 2 * PIECE_BYTES + 12_345
-    store = stores([str(tmp_path)], direct_io=direct)
+@pytest.mark.parametrize("flip", [5, PIECE_BYTES + 77, SEVERAL - 1], ids=["first", "second", "last"])
+def test_an_entry_of_several_pieces_carries_the_checksum_of_all_its_bytes(tmp_path, stores, caplog, direct, flip,
+                                                                          spread):
+    """Host memory is hashed a piece at a time as it is written and read, the pieces moved in turn
+    or spread over pygds's pool: the checksum is still the one of the whole data, and a flipped
+    byte in any piece is refused."""
+    n = SEVERAL
+    store = stores([str(tmp_path)], direct_io=direct, spread_summed_io=spread)
     k, h = key(0)
     data = rand_bytes(n, 11)
     assert store.put(k, h, data, u8(n))
@@ -325,6 +333,24 @@ def test_an_entry_of_several_pieces_carries_the_checksum_of_all_its_bytes(tmp_pa
     assert not store.get_into(k, h, bytearray(n)) and store.lookup(k, h) is None
     (line,) = warnings_of(caplog)
     assert "checksum" in line and store.stats().corrupt == 1
+
+
+def test_a_spread_store_used_from_a_pool_thread_moves_its_pieces_there(tmp_path, stores):
+    """Spread pieces wait for pygds's pool; on a pool thread itself (its only one, here) that wait
+    would never end, so there the pieces move in turn."""
+    store = stores([str(tmp_path)], spread_summed_io=True)
+    k, h = key(0)
+    data = rand_bytes(SEVERAL, 3)
+    threads = pygds.pool.num_threads()
+    pygds.pool.set_num_threads(1)
+    try:
+        assert pygds.pool.submit(store.put, k, h, data, u8(SEVERAL)).result(timeout=60)
+        out = bytearray(SEVERAL)
+        assert pygds.pool.submit(store.get_into, k, h, out).result(timeout=60) and out == data
+        assert pygds.pool.submit(pygds.pool.on_pool_thread).result(timeout=60)
+        assert not pygds.pool.on_pool_thread()
+    finally:
+        pygds.pool.set_num_threads(threads)
 
 
 def test_checksum_off_writes_and_verifies_none(tmp_path, stores):
@@ -553,13 +579,59 @@ def test_a_short_read_is_never_accepted_as_complete(shim, tmp_path, checksum, nb
     assert out == {"result": f"short read: {cut} of {nbytes} bytes", "corrupt": 1, "partial": True}
 
 
-@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "O_DIRECT"])
-def test_a_write_failing_in_a_later_piece_leaves_nothing_and_the_key_is_stored_again(shim, tmp_path, direct):
+def test_a_spread_read_that_fails_leaves_no_piece_to_land_later(shim, tmp_path):
+    """Spread, the pieces after the first are handed to pygds's pool. Here the pool's one thread is
+    busy, so they wait in its queue while the first piece, read by the caller, fails: once
+    `read_into` has raised, no piece may still land in the destination its caller now reuses (the
+    queued ones never run), and it raises at once instead of waiting for the busy pool."""
     cache = tmp_path / "cache"
     done = run_under_shim(shim, cache, f"""
-        DATA = bytes(range(256)) * {3 * PIECE_BYTES // 256}
-        s = store(direct_io={direct})
-        arm(prefix=CACHE, ops="write", errno="EIO", after_bytes={PIECE_BYTES + 4096})  # O_DIRECT: aligned
+        import threading, time
+        import pygds
+        from lmcache_plugin.format import CorruptEntryError
+        DATA = bytes(range(256)) * {SEVERAL // 256}
+        s = store(spread_summed_io=True)
+        assert s.put(K, H, DATA, u8(len(DATA)))
+        info = s.lookup(K, H)
+        pygds.pool.set_num_threads(1)
+        release = threading.Event()
+        pygds.pool.submit(release.wait)  # the pool's one thread, held
+        out = bytearray(len(DATA))
+        result = []
+
+        def read():
+            try:
+                s.read_into(info, out)
+                result.append("served")
+            except CorruptEntryError as exc:
+                result.append(exc.reason)
+
+        arm(prefix=CACHE, ops="read", errno="EIO", skip=1, times=1)  # the header read passes, then the first piece fails
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(30)
+        returned = not reader.is_alive() and not release.is_set()
+        arm(prefix="")
+        release.set()
+        pygds.pool.submit(int).result(timeout=30)  # the pool has passed the queued pieces
+        time.sleep(0.1)
+        print(json.dumps({{"returned": returned, "result": result, "untouched": out == bytearray(len(DATA)),
+                          "read_errors": s.stats().read_errors}}))
+    """)
+    out = results(done)
+    assert out["result"][0].startswith("read failed:") and "Input/output error" in out["result"][0], out
+    assert out == {"returned": True, "result": out["result"], "untouched": True, "read_errors": 1}
+
+
+@pytest.mark.parametrize("spread", [False, True], ids=["in turn", "spread"])
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "O_DIRECT"])
+def test_a_write_failing_in_a_later_piece_leaves_nothing_and_the_key_is_stored_again(shim, tmp_path, direct, spread):
+    cache = tmp_path / "cache"
+    done = run_under_shim(shim, cache, f"""
+        DATA = bytes(range(256)) * {SEVERAL // 256}
+        s = store(direct_io={direct}, spread_summed_io={spread})
+        arm(prefix=CACHE, ops="write", errno="EIO", after_bytes={PIECE_BYTES + 4096},
+            times=2)  # aligned for O_DIRECT; the data write fails, then its retry; the header passes
         failed = s.put(K, H, DATA, u8(len(DATA)))
         arm(prefix="")
         left = sorted(os.path.relpath(os.path.join(d, f), CACHE) for d, _, fs in os.walk(CACHE) for f in fs
