@@ -45,9 +45,9 @@ def checksum(view: Any, nbytes: int) -> str:
 
 def spare_cores(io_threads: int) -> bool:
     """Whether summed transfers should `spread` over pygds's pool: when this process may run on at
-    least twice as many CPUs as its I/O threads and the pool's threads together. Measured on 16
-    CPUs with 4 I/O threads, warm 32 MiB gets 1.2x faster spread; with 8 I/O threads there, or on 2
-    CPUs, 0.86x (the hand-offs cost more than the overlap gains)."""
+    least twice as many CPUs as its I/O threads and the pool's threads together. On 16 CPUs with 4
+    I/O threads, warm 32 MiB gets ran 1.4x faster spread than in turn; with 8 I/O threads there,
+    or on 2 CPUs, slower (the hand-offs cost more than the overlap gains; BENCHMARKS.md)."""
     return len(os.sched_getaffinity(0)) >= 2 * (max(io_threads, 1) + pool.num_threads())
 
 
@@ -161,7 +161,7 @@ def _staged(view: Any, nbytes: int) -> Iterator[memoryview]:
     each piece is valid until the next is asked for."""
     staging = bytearray(min(nbytes, STAGING_BYTES))
     target = pygds.as_buffer(staging, writable=True)
-    for offset in range(0, nbytes, len(staging)):
-        n = min(len(staging), nbytes - offset)
+    for offset in range(0, nbytes, STAGING_BYTES):
+        n = min(STAGING_BYTES, nbytes - offset)
         pygds.memory.copy(target, view.slice(offset, n), n)
         yield memoryview(staging)[:n]

@@ -740,6 +740,8 @@ def test_device_memory_checksums_follow_the_setting(standin, tmp_path):
             out[mode] = {"written": stored_checksum(s, "dev@1"), "read": read(s, "dev@1")}
             flip(s, "host@1")
             out[mode]["flipped_host_entry_into_device"] = s.get_into("host@1", 1234, device())
+            empty = EntryHeader.single((0,), "U8", 1)
+            out[mode]["empty"] = s.put("empty@1", 1234, device(data), empty) and s.get_into("empty@1", 1234, device())
             s.close()
         out["expected"] = checksum_of([data])
         print(json.dumps(out))
@@ -748,8 +750,9 @@ def test_device_memory_checksums_follow_the_setting(standin, tmp_path):
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["auto"] == {"written": None, "read": True, "flipped_host_entry_into_device": True}
-    assert out["always"] == {"written": out["expected"], "read": True, "flipped_host_entry_into_device": False}
+    assert out["auto"] == {"written": None, "read": True, "flipped_host_entry_into_device": True, "empty": True}
+    assert out["always"] == {"written": out["expected"], "read": True, "flipped_host_entry_into_device": False,
+                             "empty": True}
 
 
 def _within(seconds: float, fn, *args):
