@@ -12,6 +12,7 @@ hashed through a host copy, as is any memory `checksum` is given.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 from concurrent import futures
 from typing import Any, Iterator
@@ -43,12 +44,43 @@ def checksum(view: Any, nbytes: int) -> str:
     return checksum_of(_staged(view, nbytes))
 
 
+CGROUP_CPU_LIMITS = ("/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+"""Where a container's CPU quota shows (cgroup v2; cgroup v1 quota and period)."""
+
+
 def spare_cores(io_threads: int) -> bool:
     """Whether summed transfers should `spread` over pygds's pool: when this process may run on at
     least twice as many CPUs as its I/O threads and the pool's threads together. On 16 CPUs with 4
     I/O threads, warm 32 MiB gets ran 1.4x faster spread than in turn; with 8 I/O threads there,
     or on 2 CPUs, slower (the hand-offs cost more than the overlap gains; BENCHMARKS.md)."""
-    return len(os.sched_getaffinity(0)) >= 2 * (max(io_threads, 1) + pool.num_threads())
+    return usable_cpus() >= 2 * (max(io_threads, 1) + pool.num_threads())
+
+
+def usable_cpus(limits: tuple[str, str, str] = CGROUP_CPU_LIMITS) -> int:
+    """The CPUs this process may run on, capped by its container's CPU quota: a container limited
+    to 2 CPUs on a 64-CPU host still sees all 64 in its affinity."""
+    cpus = len(os.sched_getaffinity(0))
+    v2, v1_quota, v1_period = (_read_text(path) for path in limits)
+    quota = period = None
+    if v2 is not None:
+        fields = v2.split()
+        if len(fields) == 2 and fields[0] != "max":
+            quota, period = fields
+    elif v1_quota is not None and v1_period is not None:
+        quota, period = v1_quota, v1_period
+    try:
+        share = int(quota) / int(period) if quota is not None and period is not None else 0.0
+    except (ValueError, ZeroDivisionError):
+        share = 0.0
+    return max(1, min(cpus, math.ceil(share))) if share > 0 else cpus
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def read_data(f: pygds.File, view: Any, nbytes: int, summed: bool, spread: bool = False) -> tuple[int, str | None]:
