@@ -44,7 +44,9 @@ def checksum(view: Any, nbytes: int) -> str:
     return checksum_of(_staged(view, nbytes))
 
 
-CGROUP_CPU_LIMITS = ("/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+CGROUP_CPU_LIMITS = (
+    "/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
+)
 """Where a container's CPU quota shows (cgroup v2; cgroup v1 quota and period)."""
 
 
@@ -134,7 +136,10 @@ class _Reading:
         ahead = [pool.submit(_move, f, view, start, n, False) for start, n in pieces[1:]] if self._spread else []
         try:
             for i, (start, n) in enumerate(pieces):
-                done = _taken(ahead[i - 1], f, view, start, n, False) if i and ahead else _move(f, view, start, n, False)
+                if i and ahead:
+                    done = _taken(ahead[i - 1], f, view, start, n, False)
+                else:
+                    done = _move(f, view, start, n, False)
                 if done <= 0:
                     return
                 self.got += done

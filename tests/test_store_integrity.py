@@ -553,7 +553,8 @@ def test_remove_under_a_read_only_file_system_reports_it(shim, tmp_path):
     assert list(cache.rglob("*.safetensors*")) == []
 
 
-@pytest.mark.parametrize("checksum,nbytes,cut", [("off", 256 * 400, 1000), ("auto", 3 * PIECE_BYTES, PIECE_BYTES + 1000)],
+@pytest.mark.parametrize("checksum,nbytes,cut",
+                         [("off", 256 * 400, 1000), ("auto", 3 * PIECE_BYTES, PIECE_BYTES + 1000)],
                          ids=["checksum off", "checksum auto, in the second piece"])
 def test_a_short_read_is_never_accepted_as_complete(shim, tmp_path, checksum, nbytes, cut):
     """The file's length is right when checked; then it reads short (as when it shrinks)."""
@@ -606,7 +607,8 @@ def test_a_spread_read_that_fails_leaves_no_piece_to_land_later(shim, tmp_path):
             except CorruptEntryError as exc:
                 result.append(exc.reason)
 
-        arm(prefix=CACHE, ops="read", errno="EIO", skip=1, times=1)  # the header read passes, then the first piece fails
+        # the header read passes, then the first piece fails
+        arm(prefix=CACHE, ops="read", errno="EIO", skip=1, times=1)
         reader = threading.Thread(target=read)
         reader.start()
         reader.join(30)
