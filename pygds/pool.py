@@ -58,6 +58,7 @@ _task_size: int | None = None  # from PYGDS_TASK_SIZE on first use, then set_tas
 _queue: queue.SimpleQueue = queue.SimpleQueue()  # work for the pool threads: callables; None stops one thread
 _workers: list[threading.Thread] = []  # pool threads started and not told to stop
 _started: list[threading.Thread] = []  # every pool thread that may still be running: joined at exit
+_exiting = False  # set at interpreter exit: work handed over afterwards runs on the caller
 
 
 def num_threads() -> int:
@@ -132,9 +133,19 @@ def _serve(get: Callable[[], Callable[[], None] | None]) -> None:
 
 
 def _hand_off(item: Callable[[], None], copies: int) -> None:
-    """Queue `item` `copies` times for the pool threads (started on first use, up to `num_threads()`)."""
+    """Queue `item` `copies` times for the pool threads (started on first use, up to `num_threads()`).
+    Once the interpreter exits, the caller runs it instead: a thread started then could take a
+    stop mark meant for one the exit waits for."""
+    if _exiting:
+        for _ in range(copies):
+            item()
+        return
     if len(_workers) < num_threads():
         with _lock:
+            if _exiting:  # decided under the lock the exit takes
+                for _ in range(copies):
+                    item()
+                return
             _started[:] = [t for t in _started if t.is_alive()]
             while len(_workers) < num_threads():
                 worker = threading.Thread(target=_serve, args=(_queue.get,), daemon=True,
@@ -169,7 +180,9 @@ def submit(fn: Callable[..., object], *args: object) -> Future:
 def _finish_queued_work() -> None:
     """At exit, let the pool threads (daemons) take every item queued so far, then stop, as
     `concurrent.futures` pools do: a write handed to the pool is never dropped by an exit."""
+    global _exiting
     with _lock:
+        _exiting = True  # no thread starts after this (`_hand_off`)
         for _ in _workers:  # with the stop marks of earlier shrinks, one for every thread alive
             _queue.put(None)
         _workers.clear()
