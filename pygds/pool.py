@@ -136,23 +136,20 @@ def _hand_off(item: Callable[[], None], copies: int) -> None:
     """Queue `item` `copies` times for the pool threads (started on first use, up to `num_threads()`).
     Once the interpreter exits, the caller runs it instead: a thread started then could take a
     stop mark meant for one the exit waits for."""
-    if _exiting:
-        for _ in range(copies):
-            item()
-        return
-    if len(_workers) < num_threads():
-        with _lock:
-            if _exiting:  # decided under the lock the exit takes
-                for _ in range(copies):
-                    item()
-                return
+    if len(_workers) < num_threads():  # always so once the exit has cleared `_workers`
+        with _lock:  # the lock the exit takes to set `_exiting`
+            exiting = _exiting
             _started[:] = [t for t in _started if t.is_alive()]
-            while len(_workers) < num_threads():
+            while not exiting and len(_workers) < num_threads():
                 worker = threading.Thread(target=_serve, args=(_queue.get,), daemon=True,
                                           name=f"pygds-io-{len(_started)}")
                 worker.start()
                 _workers.append(worker)
                 _started.append(worker)
+        if exiting:  # outside the lock: the item may hand over work itself
+            for _ in range(copies):
+                item()
+            return
     put = _queue.put
     for _ in range(copies):
         put(item)
