@@ -668,16 +668,28 @@ def test_fsync_is_called_on_data_and_metadata_and_its_failure_fails_the_put(shim
     assert incomplete(cache) == [] and len(list(cache.rglob("*.safetensors"))) == 2
 
 
-def test_a_failed_data_rename_leaves_nothing(shim, tmp_path):
+@pytest.mark.parametrize("where", [DATA_TMP, META_TMP], ids=["data", "metadata"])
+def test_a_failed_rename_leaves_nothing_and_the_put_heals(shim, tmp_path, where):
+    """The data file's rename failing, or the `.metadata`'s after the data file was published
+    (which must then be taken away again): the put fails, nothing of it is left or indexed."""
     cache = tmp_path / "cache"
-    done = run_under_shim(shim, cache, """
+    done = run_under_shim(shim, cache, f"""
         s = store()
-        arm(prefix=CACHE, ops="rename", match=".tmp", errno="EIO", times=1)
+        arm(prefix=CACHE, ops="rename", match={where!r}, errno="EIO", times=1)
         first = s.put(K, H, DATA, u8(len(DATA)))
-        print(json.dumps({"first": first, "contains": s.contains(K, H),
-                          "files": sorted(os.listdir(os.path.dirname(s.layout.data_path(CACHE, K, H))))}))
+        files = sorted(os.listdir(os.path.dirname(s.layout.data_path(CACHE, K, H))))
+        contains, injected = s.contains(K, H), _shim.pygds_fault_injected()
+        again = s.put(K, H, DATA, u8(len(DATA)))
+        out = bytearray(len(DATA))
+        print(json.dumps({{"first": first, "contains": contains, "files": files, "injected": injected,
+                          "again": again, "served": s.get_into(K, H, out) and bytes(out) == DATA}}))
     """)
-    assert results(done) == {"first": False, "contains": False, "files": []}
+    assert results(done) == {"first": False, "contains": False, "files": [], "injected": 1, "again": True,
+                             "served": True}
+    errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "Input/output error" in errors[0], errors
+    assert "org/model@1@0@abc@bfloat16" in errors[0], errors[0]
+    assert incomplete(cache) == []
 
 
 @pytest.mark.parametrize("renames_done", [1, 2])
