@@ -51,14 +51,14 @@ _FAST_OFFSET_END = 1 << 62  # below it no request of one task can overflow a fil
 _SMALL = pool.MIN_TASK_SIZE  # a request this small is one task whatever the task size
 
 
-def _open_fd(path: str, flags: int, perm: int, mode: str) -> tuple[int, os.stat_result]:
-    """Open `path`: the descriptor and its `fstat`. Every failure names the path, the mode, the
-    cause and the fix. A directory is refused here (reading it would only fail later, with EISDIR
-    from the first read)."""
+def _open_fd(path: str, flags: int, perm: int, mode: str, at: str | None = None) -> tuple[int, os.stat_result]:
+    """Open `path` (through the name `at` when given): the descriptor and its `fstat`. Every
+    failure names the path, the mode, the cause and the fix. A directory is refused here (reading
+    it would only fail later, with EISDIR from the first read)."""
     try:
         # O_NONBLOCK only so that a FIFO at the path cannot block the open (it is refused below);
         # it changes nothing for regular files and block devices, and is cleared again
-        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK, perm)
+        fd = os.open(path if at is None else at, flags | os.O_CLOEXEC | os.O_NONBLOCK, perm)
     except FileNotFoundError as exc:
         parent = os.path.dirname(os.path.abspath(path))
         cause = (f"directory {parent} does not exist; create it first" if not os.path.isdir(parent)
@@ -85,6 +85,20 @@ def _open_fd(path: str, flags: int, perm: int, mode: str) -> tuple[int, os.stat_
                                    "which has no file offsets; pygds reads and writes regular files and block devices")
     os.set_blocking(fd, True)
     return fd, st
+
+
+def _open_direct(path: str, fd: int, opened: os.stat_result, flags: int, perm: int, mode: str) -> int:
+    """An O_DIRECT descriptor of the very file `fd` has open. It is opened through
+    `/proc/self/fd` where that exists, and checked to be the same file: the engine reads a
+    request's unaligned ends through `fd` and its aligned middle through this one, so a file
+    renamed onto `path` between two opens of the name would mix two files' bytes in one read."""
+    proc = f"/proc/self/fd/{fd}"
+    direct_fd, st = _open_fd(path, flags | os.O_DIRECT, perm, mode, at=proc if os.path.exists(proc) else None)
+    if (st.st_dev, st.st_ino) != (opened.st_dev, opened.st_ino):
+        os.close(direct_fd)
+        raise OSError(errno.ESTALE, f"cannot open {path} (mode {mode!r}) with O_DIRECT: another file was renamed "
+                                    "onto the name while it was being opened; open it again", path)
+    return direct_fd
 
 
 def _is_a_directory(path: str, mode: str) -> IsADirectoryError:
@@ -141,7 +155,7 @@ class File(ClosedWhenCollected):
                 if not hasattr(os, "O_DIRECT"):
                     raise InvalidArgumentError("O_DIRECT is not available on this platform; open without direct=True")
                 flags = _MODES[mode] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)
-                self.direct_fd, _ = _open_fd(self.path, flags | os.O_DIRECT, perm, mode)
+                self.direct_fd = _open_direct(self.path, self.fd, self.opened_stat, flags, perm, mode)
             self._handle = self._open_engine(engine)
         except BaseException:
             self._close_fds()

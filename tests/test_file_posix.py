@@ -421,3 +421,37 @@ def test_resizing_the_pool_keeps_every_request_whole(tmp_path):
                 assert out == data
     finally:
         pool.set_num_threads(threads)
+
+
+def test_the_direct_descriptor_is_the_file_first_opened_when_another_is_renamed_onto_the_name(tmp_path, monkeypatch):
+    """A file renamed onto the name between the buffered open and the O_DIRECT one (another
+    process publishing a new version) must not become the O_DIRECT descriptor: a read takes its
+    unaligned ends from one descriptor and its aligned middle from the other."""
+    first, second = os.urandom(3 * 4096 + 100), os.urandom(3 * 4096 + 100)
+    path, newer = tmp_path / "entry", tmp_path / "entry.new"
+    path.write_bytes(first)
+    newer.write_bytes(second)
+    real_open = os.open
+    opened: list[str] = []
+
+    def open_then_replace(name, flags, *args):
+        fd = real_open(name, flags, *args)
+        opened.append(os.fspath(name))
+        if len(opened) == 1:
+            os.rename(newer, path)  # lands between the two opens of the name
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_replace)
+    try:
+        f = pygds.File(path, "r", engine="posix", direct=True)
+    except OSError as exc:
+        if "O_DIRECT" in str(exc) and "does not support" in str(exc):
+            pytest.skip(str(exc))
+        raise
+    monkeypatch.setattr(os, "open", real_open)
+    with f:
+        assert len(opened) == 2 and path.read_bytes() == second
+        assert os.fstat(f.direct_fd).st_ino == os.fstat(f.fd).st_ino
+        got = bytearray(len(first))
+        assert f.read(got, len(got), 0) == len(first)
+        assert bytes(got) == first
