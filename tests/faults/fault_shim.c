@@ -4,8 +4,9 @@
  *
  * Files count when opened (open/openat/creat and their 64-bit and _FORTIFY_SOURCE entry points)
  * with a path under PYGDS_FAULT_PREFIX (relative paths are resolved against the current directory
- * or the dirfd; "." and ".." are not normalised). Their file descriptors are tracked until closed
- * (close, dup2/dup3 onto them); I/O on other descriptors always passes straight through.
+ * or the dirfd, /proc/self/fd/N to the file it names; "." and ".." are not normalised). Their file
+ * descriptors are tracked until closed (close, dup2/dup3 onto them); I/O on other descriptors
+ * always passes straight through.
  *
  *   PYGDS_FAULT_PREFIX       directory whose files are affected; unset or empty: the shim is inert
  *   PYGDS_FAULT_MATCH        optional: the path must also contain this text (e.g. ".metadata.tmp")
@@ -229,7 +230,12 @@ static int affected(int dirfd, const char *path)
     init();
     if (cfg.prefix_len == 0 || path == NULL)
         return 0;
-    if (path[0] == '/') {
+    if (strncmp(path, "/proc/self/fd/", 14) == 0) { /* a reopened descriptor: the file it names */
+        ssize_t n = readlink(path, full, sizeof full - 1);
+        if (n <= 0)
+            return 0;
+        full[n] = '\0';
+    } else if (path[0] == '/') {
         snprintf(full, sizeof full, "%s", path);
     } else {
         char base[PATH_MAX];
