@@ -355,6 +355,7 @@ class File(ClosedWhenCollected):
         view, size = self.check_request(buf, size, file_offset, buf_offset=buf_offset, writing=writing)
         request = self._request(self._live(), view, size, file_offset, buf_offset, writing=writing)
         request.finish = lambda: self._release(request.work)
+        request.promise()  # before `close()` can see the request and drain it
         self._acquire(request.work)
         return request.start()
 

@@ -200,6 +200,17 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _acquire_through_interrupts(lock: threading.Lock) -> None:
+    """`lock.acquire()`, taken up again after every interrupt until it is held (an interrupted
+    `acquire` raises without taking the lock)."""
+    held = False
+    while not held:
+        try:
+            held = lock.acquire()
+        except BaseException:  # noqa: BLE001 - the first interrupt is raised by the caller
+            pass
+
+
 class Request:
     """One request's tasks `task(start, n)` over [0, size) in `step`-byte pieces (default: the task
     size), taken one at a time by pool threads, by a synchronous caller (`run`), and by `work()`
@@ -238,7 +249,14 @@ class Request:
         if helpers > 0:
             _hand_off(self.work, helpers)
         self.work()
-        self.done.acquire()
+        try:
+            self.done.acquire()
+        except BaseException:
+            # Ctrl-C while helpers move pieces: they must end before the caller returns, whose
+            # file may then be closed and its descriptor number reused at once
+            self._stop()
+            _acquire_through_interrupts(self.done)
+            raise
         error, self.error = self.error, None  # no cycle through the traceback this raise makes
         if error is None:
             return self.end
@@ -250,9 +268,26 @@ class Request:
     def start(self) -> Future:
         """Hand the request to up to `num_threads()` pool threads and return at once: the future of
         the count. `future.cancel()` succeeds only before the first piece has started."""
-        self.future = Future()
+        future = self.promise()
         _hand_off(self.work, min(num_threads(), self.count))
+        return future
+
+    def promise(self) -> Future:
+        """The future `start` returns, made now if not yet: a request that someone may `work()`
+        through before `start` (a `File.close` draining it) must resolve a future, not `done`."""
+        if self.future is None:
+            self.future = Future()
         return self.future
+
+    def _stop(self) -> None:
+        """Start no further piece; when none is running either, the request ends here."""
+        with self.lock:
+            untaken = self.count - self.next
+            self.next = self.count
+            self.left -= untaken
+            finished = untaken > 0 and self.left == 0
+        if finished:
+            self._resolve()
 
     def _take(self) -> int | None:
         """The next piece's index, or None when none is left to start. The first piece marks the

@@ -311,3 +311,70 @@ def test_write_past_the_largest_file_names_the_file_system_limit(tmp_path):
     assert f"ERR {errno.EFBIG}" in out, out + done.stderr
     assert "largest file size the file system allows" in out and str((1 << 62) + 1) in out
     assert "ulimit" not in out
+
+
+def _slow_pieces(monkeypatch, method: str, on_pool: float, on_caller: float) -> None:
+    """Delay every piece moved on a pool thread, and on the calling thread (as a loaded machine
+    does): only the timing changes."""
+    from pygds.engines import posix
+
+    real = getattr(posix.PosixHandle, method)
+
+    def slow(self, *args):
+        time.sleep(on_pool if pool.on_pool_thread() else on_caller)
+        return real(self, *args)
+
+    monkeypatch.setattr(posix.PosixHandle, method, slow)
+
+
+def test_an_interrupted_synchronous_write_ends_its_pieces_before_it_raises(files, monkeypatch):
+    """Ctrl-C while a split write waits for its helpers: the write raises only once no piece of
+    it runs, so closing the file and reusing its descriptor cannot take another file's bytes."""
+    import signal
+
+    a, b = files
+    pool.set_num_threads(2)
+    pool.set_task_size(SIZE // 2)  # two pieces: the caller's and one helper's
+    _slow_pieces(monkeypatch, "write", on_pool=0.3, on_caller=0.03)  # the helper has time to take its piece
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    f = pygds.File(a, "r+", direct=True)  # a host write to an O_DIRECT file is split over the pool
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(KeyboardInterrupt):
+            f.write(bytearray(b"W" * SIZE))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    f.close()
+    opened = reuse_descriptors(b, mode="r+")
+    time.sleep(0.5)  # a helper piece still pending would land in one of these now
+    close_all(opened)
+    assert b.read_bytes() == pattern(2)
+    assert a.read_bytes() == b"W" * SIZE  # both pieces ran (neither had been left untaken)
+
+
+def test_a_future_submitted_while_the_file_closes_resolves(files, monkeypatch):
+    """`close()` may drain a `pread` between its registration and its start: its future still
+    resolves, with the count."""
+    a, _ = files
+    real_start = pool.Request.start
+
+    def late_start(self):
+        time.sleep(0.2)  # close() runs in this window
+        return real_start(self)
+
+    monkeypatch.setattr(pool.Request, "start", late_start)
+    f = pygds.File(a)
+    buf = bytearray(64 << 10)
+    out = {}
+    submitter = threading.Thread(target=lambda: out.setdefault("future", f.pread(buf)))
+    submitter.start()
+    time.sleep(0.05)
+    f.close()
+    submitter.join()
+    assert out["future"].result(timeout=10) == len(buf)
+    assert bytes(buf) == pattern(1)[: len(buf)]
