@@ -225,6 +225,25 @@ def test_evict_by_age_spares_unpublished_fresh_entries(capsys, tmp_path):
     assert entries[2][1].exists()
 
 
+def test_evict_goes_past_an_entry_it_cannot_delete_and_says_so(capsys, tmp_path):
+    """The least recently used entry cannot be unlinked (its `.metadata` name holds a directory):
+    it is reported, stays, and the others are evicted; the exit status says not all went."""
+    base = tmp_path / "c"
+    entries = list(store_entries(base, [(key("m", n), 9000 + n) for n in range(4)]).values())
+    for n, (_, p) in enumerate(entries):
+        age(p, OLD + n * 60)
+    stuck = Path(str(entries[0][1]) + ".metadata")
+    stuck.unlink()
+    stuck.mkdir()
+    (stuck / "x").write_bytes(b"x")
+    e = run_json(capsys, "evict", "--path", str(base), "--max-bytes", "0", "--min-age", "0s", rc=1)
+    assert sorted(x["path"] for x in e["evicted"]) == sorted(str(p) for _, p in entries[1:])
+    assert [x["path"] for x in e["failed"]] == [str(entries[0][1])] and e["failed"][0]["error"]
+    assert entries[0][1].exists() and not any(p.exists() for _, p in entries[1:])
+    rc, out, _ = run(capsys, "evict", "--path", str(base), "--max-bytes", "0", "--min-age", "0s")
+    assert rc == 1 and f"cannot evict {key('m', 0)}" in out and "1 entry could not be deleted" in out
+
+
 def test_evict_needs_a_criterion(capsys, cache):
     rc, _, err = run(capsys, "evict", *cache.args())
     assert rc == 2 and "--max-bytes" in err and "usage:" in err

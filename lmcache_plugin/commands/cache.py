@@ -605,7 +605,7 @@ def run_evict(args: argparse.Namespace) -> int:
         if e.metadata_size is None and e.needs_metadata and now - e.mtime <= args.min_age:
             continue  # still being published by its writer
         candidates[e.base].append(e)
-    evicted = []
+    evicted, failed = [], []
     for base, entries in candidates.items():
         for e in sorted(entries, key=lambda e: (e.last_used, e.path)):
             if args.older_than is not None and now - e.last_used > args.older_than:
@@ -614,16 +614,24 @@ def run_evict(args: argparse.Namespace) -> int:
                 reason = f"{base} holds {human_bytes(remaining[base])} > {human_bytes(args.max_bytes)}"
             else:
                 continue
-            if args.dry_run or _remove_entry(e):
+            try:
+                removed = args.dry_run or _remove_entry(e)
+            except OSError as exc:  # this entry stays; the next one is taken instead
+                failed.append({"path": e.path, "key": e.key, "error": exc.strerror or str(exc)})
+                continue
+            if removed:
                 remaining[base] -= e.disk_bytes
                 evicted.append({"path": e.path, "key": e.key, "bytes": e.disk_bytes, "reason": reason})
     report = {"dry_run": args.dry_run, "evicted": evicted, "freed_bytes": sum(x["bytes"] for x in evicted),
-              "remaining_bytes": remaining}
+              "remaining_bytes": remaining, "failed": failed}
     if args.json:
         print_json(report)
     else:
         verb = "would evict" if args.dry_run else "evicted"
         for x in evicted:
             say(f"{verb} {x['key'] or x['path']} ({human_bytes(x['bytes'])}): {x['reason']}")
-        say(f"{verb} {count(len(evicted), 'entry', 'entries')}, {human_bytes(report['freed_bytes'])}")
-    return 0
+        for x in failed:
+            say(f"cannot evict {x['key'] or x['path']}: {x['error']} ({x['path']}); it stays in the cache")
+        say(f"{verb} {count(len(evicted), 'entry', 'entries')}, {human_bytes(report['freed_bytes'])}"
+            + (f"; {count(len(failed), 'entry', 'entries')} could not be deleted" if failed else ""))
+    return 1 if failed else 0
