@@ -55,6 +55,7 @@ class Capacity:
         self._keep = keep
         self._lock = threading.Lock()
         self._reserved = 0
+        self._undeletable: set[str] = set()  # stems eviction could not delete, warned about once
 
     def reserve(self, need: int, key_text: str) -> bool:
         """Make room for `need` bytes in the write path (evicting LRU entries) and hold it;
@@ -74,10 +75,8 @@ class Capacity:
             if over > 0:
                 self._evict(over)
             if self._index.used_bytes(self._base) + self._reserved + need > cap:
-                self._counters.refused(
-                    f"no room for {key_text}: {self._base} is full of pinned, in-flight or "
-                    "undeletable entries"
-                )
+                logger.debug("no room for %s in %s", key_text, self._base)
+                self._counters.refused(f"{self._base} is full of pinned, in-flight or undeletable entries")
                 return False
             self._reserved += need
             return True
@@ -120,7 +119,9 @@ class Capacity:
             self._counters.bump(evictions=evicted, evicted_bytes=freed)
             logger.debug("evicted %d entries (%d bytes) from %s", evicted, freed, base)
         if failed:
-            logger.warning(
+            new = failed.keys() - self._undeletable
+            self._undeletable.update(new)
+            (logger.warning if new else logger.debug)(
                 "cannot evict %d entries from %s (%s); they stay in the cache and count against "
                 "its capacity", len(failed), base, next(iter(failed.values()))
             )

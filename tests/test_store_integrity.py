@@ -152,6 +152,20 @@ def test_eviction_that_cannot_unlink_counts_nothing_freed_and_evicts_another(tmp
     assert "cannot evict 1 entries" in line and "Operation not permitted" in line
 
 
+def test_a_cache_full_of_undeletable_entries_refuses_puts_with_one_warning_per_cause(tmp_path, stores, caplog):
+    on_disk = 20_000 + 2 * HEADER_SIZE
+    store = stores([str(tmp_path)], capacity_bytes=on_disk)
+    assert store.put(*key(0), rand_bytes(20_000, 10), u8(20_000))
+    stuck = Path(store.layout.data_path(str(tmp_path), *key(0)))
+    caplog.set_level(logging.WARNING)
+    with immutable(stuck.parent):
+        assert not any(store.put(*key(i), rand_bytes(20_000, 10 + i), u8(20_000)) for i in range(1, 6))
+    assert store.stats().put_refused == 5 and store.contains(*key(0))
+    cannot, refused = warnings_of(caplog)
+    assert "cannot evict 1 entries" in cannot and "Operation not permitted" in cannot
+    assert "put refused" in refused and "full of pinned, in-flight or undeletable entries" in refused
+
+
 def test_clear_that_cannot_unlink_counts_only_what_it_removed(tmp_path, stores, caplog):
     store = stores([str(tmp_path)])
     for i in range(3):
