@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -126,13 +127,15 @@ class Batch(Closeable):
                 if self._native is not None:
                     self._collect(timeout)
         else:
+            deadline = None if timeout is None else time.monotonic() + timeout  # for the whole batch
             for i, fut in enumerate(self._futures):
                 if i in self._results:
                     continue
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
-                    self._results[i] = BatchResult(i, "complete", fut.result(timeout=timeout))
+                    self._results[i] = BatchResult(i, "complete", fut.result(timeout=left))
                 except TimeoutError:
-                    self._results[i] = BatchResult(i, "timeout")
+                    continue  # "timeout" in this answer, not kept: a later wait sees it end
                 except Exception as exc:  # noqa: BLE001 - one failed op fails only itself
                     self._results[i] = BatchResult(i, "failed", 0, exc)
         return [self._results.get(i, BatchResult(i, "timeout")) for i in range(len(self._ops))]

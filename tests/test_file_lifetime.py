@@ -378,3 +378,21 @@ def test_a_future_submitted_while_the_file_closes_resolves(files, monkeypatch):
     submitter.join()
     assert out["future"].result(timeout=10) == len(buf)
     assert bytes(buf) == pattern(1)[: len(buf)]
+
+
+def test_a_batch_wait_timeout_bounds_the_whole_wait_and_a_later_wait_sees_the_ends(files, monkeypatch):
+    a, _ = files
+    pool.set_task_size(1 << 20)
+    _slow_pieces(monkeypatch, "read", on_pool=0.4, on_caller=0.0)
+    bufs = [bytearray(1 << 20) for _ in range(8)]
+    with pygds.File(a) as f, pygds.Batch(8) as batch:
+        for i, buf in enumerate(bufs):
+            batch.read(f, buf, 1 << 20, i << 20)
+        began = time.monotonic()
+        first = batch.wait(timeout=0.1)
+        waited = time.monotonic() - began
+        later = batch.wait(timeout=60)
+    assert "timeout" in [r.status for r in first]
+    assert waited < 0.1 * len(bufs)  # one timeout for the batch, not one per operation
+    assert [(r.status, r.nbytes) for r in later] == [("complete", 1 << 20)] * 8
+    assert b"".join(bufs) == a.read_bytes()[: 8 << 20]
