@@ -261,6 +261,9 @@ class File(ClosedWhenCollected):
                     raise InvalidArgumentError(f"{name} must be a non-negative int, got {value!r}")
         view = buf if isinstance(buf, BufferView) else as_buffer(buf, writable=not writing)
         if size is None:
+            if buf_offset > view.nbytes:
+                raise InvalidArgumentError(f"buf_offset {buf_offset} lies past the end of the {view.nbytes}-byte "
+                                           "buffer; pass a smaller buf_offset or a larger buffer")
             size = view.nbytes - buf_offset
         if not (type(size) is int and size >= 0):
             raise InvalidArgumentError(f"size must be a non-negative int, got {size!r}")

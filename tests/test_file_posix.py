@@ -455,3 +455,12 @@ def test_the_direct_descriptor_is_the_file_first_opened_when_another_is_renamed_
         got = bytearray(len(first))
         assert f.read(got, len(got), 0) == len(first)
         assert bytes(got) == first
+
+
+@pytest.mark.parametrize("op", ["read", "write"])
+def test_a_buf_offset_past_the_buffer_without_a_size_is_named(tmp_path, op):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    with pygds.File(path, "r+", engine="posix") as f:
+        with pytest.raises(pygds.InvalidArgumentError, match="buf_offset 20 lies past the end of the 16-byte buffer"):
+            getattr(f, op)(bytearray(16), None, 0, buf_offset=20)
