@@ -87,13 +87,17 @@ def _open_fd(path: str, flags: int, perm: int, mode: str, at: str | None = None)
     return fd, st
 
 
+_PROC_FDS = os.path.isdir("/proc/self/fd")
+"""Whether this process can reopen its descriptors by name (Linux with /proc mounted)."""
+
+
 def _open_direct(path: str, fd: int, opened: os.stat_result, flags: int, perm: int, mode: str) -> int:
     """An O_DIRECT descriptor of the very file `fd` has open. It is opened through
     `/proc/self/fd` where that exists, and checked to be the same file: the engine reads a
     request's unaligned ends through `fd` and its aligned middle through this one, so a file
     renamed onto `path` between two opens of the name would mix two files' bytes in one read."""
-    proc = f"/proc/self/fd/{fd}"
-    direct_fd, st = _open_fd(path, flags | os.O_DIRECT, perm, mode, at=proc if os.path.exists(proc) else None)
+    at = f"/proc/self/fd/{fd}" if _PROC_FDS else None
+    direct_fd, st = _open_fd(path, flags | os.O_DIRECT, perm, mode, at=at)
     if (st.st_dev, st.st_ino) != (opened.st_dev, opened.st_ino):
         os.close(direct_fd)
         raise OSError(errno.ESTALE, f"cannot open {path} (mode {mode!r}) with O_DIRECT: another file was renamed "

@@ -1,6 +1,7 @@
 """pygds.File on the POSIX engine with host buffers: round trips, O_DIRECT, splitting, short reads, bad input."""
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -464,3 +465,37 @@ def test_a_buf_offset_past_the_buffer_without_a_size_is_named(tmp_path, op):
     with pygds.File(path, "r+", engine="posix") as f:
         with pytest.raises(pygds.InvalidArgumentError, match="buf_offset 20 lies past the end of the 16-byte buffer"):
             getattr(f, op)(bytearray(16), None, 0, buf_offset=20)
+
+
+def test_without_proc_a_file_renamed_onto_the_name_between_the_opens_is_refused(tmp_path, monkeypatch):
+    """Where /proc is not mounted the O_DIRECT descriptor is opened by name: a different file
+    found there is refused, naming the cause and the fix, and nothing stays open."""
+    import pygds.file as file_module
+
+    path, newer = tmp_path / "entry", tmp_path / "entry.new"
+    path.write_bytes(os.urandom(3 * 4096))
+    newer.write_bytes(os.urandom(3 * 4096))
+    try:
+        pygds.File(newer, "r", engine="posix", direct=True).close()
+    except OSError as exc:
+        pytest.skip(str(exc))  # no O_DIRECT on this file system
+    real_open = os.open
+    calls = []
+
+    def open_then_replace(name, flags, *args):
+        fd = real_open(name, flags, *args)
+        calls.append(fd)
+        if len(calls) == 1:
+            os.rename(newer, path)
+        return fd
+
+    monkeypatch.setattr(file_module, "_PROC_FDS", False)
+    monkeypatch.setattr(os, "open", open_then_replace)
+    with pytest.raises(OSError, match="another file was renamed onto the name while it was being opened; "
+                                      "open it again") as caught:
+        pygds.File(path, "r", engine="posix", direct=True)
+    monkeypatch.setattr(os, "open", real_open)
+    assert caught.value.errno == errno.ESTALE and len(calls) == 2
+    for fd in calls:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # both descriptors were closed
